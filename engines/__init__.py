@@ -1,0 +1,1 @@
+"""Engines: compile the exported graphs with TensorRT, TensorRT-RTX or ONNX Runtime behind one interface."""

@@ -1,0 +1,1 @@
+"""Runtime: runs the engines and exchanges the previous step's activations between ranks."""

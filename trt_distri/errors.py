@@ -1,0 +1,33 @@
+"""Exception hierarchy.
+
+`TrtDistriError` and its subclasses are user-facing: their message says what failed, what was expected and
+what was found, and how to fix it. The CLI prints them as one line. `InternalError` is a bug in trt-distri.
+"""
+
+
+class TrtDistriError(Exception):
+    """Root of every error a user can cause and fix."""
+
+
+class ConfigError(TrtDistriError):
+    """A setting (size, device count, mode, path) is invalid."""
+
+
+class UnsplittableError(ConfigError):
+    """The image height cannot be cut into equal, even patches for the requested devices."""
+
+
+class UnsupportedModelError(TrtDistriError):
+    """The model uses a feature trt-distri does not export (ControlNet residuals, attention masks, ...)."""
+
+
+class MissingPackageError(TrtDistriError):
+    """An optional package is needed for this path; the message names it."""
+
+
+class ManifestError(TrtDistriError):
+    """A work directory's manifest or graphs are missing, corrupt or do not match the request."""
+
+
+class InternalError(Exception):
+    """A bug in trt-distri: please report it with the traceback (`-v`)."""
