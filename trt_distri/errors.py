@@ -31,3 +31,7 @@ class ManifestError(TrtDistriError):
 
 class InternalError(Exception):
     """A bug in trt-distri: please report it with the traceback (`-v`)."""
+
+
+class EngineBuildError(TrtDistriError):
+    """TensorRT could not parse a graph, build it into an engine, or read an engine back."""

@@ -17,7 +17,7 @@ UNET_CONFIGS: dict[str, dict] = {
     "tiny-sd": {**_COMMON, "block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
                 "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-                "cross_attention_dim": 24, "attention_head_dim": 2, "use_linear_projection": False,
+                "cross_attention_dim": 24, "attention_head_dim": 1, "use_linear_projection": False,
                 "sample_size": 16},
     "tiny-sdxl": {**_COMMON, "block_out_channels": [16, 32, 64], "layers_per_block": 2, "norm_num_groups": 8,
                   "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],

@@ -1,0 +1,231 @@
+"""Build exported ONNX graphs with TensorRT or TensorRT-RTX, and check an engine's I/O against the manifest.
+
+One code path for both flavours: the module is chosen by `kind` ("trt" or "trt-rtx") and differences are read from
+`Capabilities`. CI uses TensorRT-RTX on CPU-only runners to prove every exported graph parses and builds.
+
+What can be inspected where (found by experiment with TensorRT-RTX 1.7.1.116 on a machine without a GPU):
+building works (a small Conv/GroupNorm/Attention graph builds in about 0.1-0.2 s), deserializing does not
+(`Runtime.deserialize_cuda_engine` fails with cudaError 35, no CUDA driver). So `inspect_engine` needs a GPU, and
+CPU checks use `build_engine_with_io`, which reads the I/O of the parsed `INetworkDefinition` that was built.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from trt_distri.engines.capabilities import Capabilities, import_trt, probe_capabilities
+from trt_distri.errors import EngineBuildError, ManifestError
+
+__all__ = ["BuildOptions", "Capabilities", "TensorInfo", "build_engine", "build_engine_with_io",
+           "check_io_against_manifest", "import_trt", "inspect_engine"]
+
+log = logging.getLogger(__name__)
+
+_NO_FUSED_ATTENTION = "Attention operation was not supported by a dedicated kernel"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Builder settings. None leaves TensorRT's default."""
+
+    optimization_level: int | None = None
+    workspace_bytes: int | None = None
+    timing_cache: Path | None = None
+    """Loaded before the build when the file exists, saved after it (ignored where unsupported, e.g. RTX)."""
+    strongly_typed: bool = True
+    """Tensor types come from the graph, which carries its precision (fp16 weights, fp32 statistics)."""
+    decomposable_attention: bool = False
+    """Let an Attention without a fused kernel (fp16 head dim < 16, tiny test models) build decomposed."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine or network I/O tensor: dtype is the numpy name ("float16"); -1 marks a dynamic dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    is_input: bool
+
+
+def _make_logger(trt: ModuleType) -> Any:
+    """A `trt.ILogger` that forwards to Python logging and keeps error messages for the exception text."""
+    levels = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
+              "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = levels.get(severity.name, logging.INFO)
+            if level >= logging.ERROR:
+                self.errors.append(msg.strip())
+            if log.isEnabledFor(level):
+                log.log(level, "[%s] %s", trt.__name__, msg)
+
+    return _Logger()
+
+
+def _numpy_name(trt: ModuleType, dtype: Any) -> str:
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:  # no numpy equivalent (bfloat16, fp8, fp4): use TensorRT's name
+        return {"BF16": "bfloat16"}.get(dtype.name, dtype.name.lower())
+
+
+def _network_io(trt: ModuleType, network: Any) -> list[TensorInfo]:
+    def info(tensor: Any, is_input: bool) -> TensorInfo:
+        return TensorInfo(tensor.name, tuple(tensor.shape), _numpy_name(trt, tensor.dtype), is_input)
+
+    return ([info(network.get_input(i), True) for i in range(network.num_inputs)]
+            + [info(network.get_output(i), False) for i in range(network.num_outputs)])
+
+
+def _parser_fix(code: str) -> str:
+    return {
+        "MODEL_DESERIALIZE_FAILED": "the file is not a complete ONNX model: export it again",
+        "INVALID_GRAPH": "check that the external data file (weights.bin) sits next to the graph, or export again",
+        "INVALID_VALUE": "check the path; export the graphs again if the file is missing",
+    }.get(code, "use only operators this TensorRT version supports, or upgrade it (see the node above)")
+
+
+def _parser_error(parser: Any, onnx_path: Path, caps: Capabilities, logged: list[str]) -> EngineBuildError:
+    """Every parser error with its node; for a graph-level error, the first logged line it does not repeat
+    (e.g. which external data file failed to open)."""
+    lines, fixes = [], []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        desc = err.desc().rstrip(".")
+        context = [m for m in logged if desc not in m][:1] if err.node() < 0 else []
+        node = f"node {err.node()} {err.node_name()!r} ({err.node_operator()})" if err.node() >= 0 else "graph"
+        lines.append(f"{node}: {err.code().name}: {desc}" + "".join(f" (log: {m})" for m in context))
+        fixes.append(_parser_fix(err.code().name))
+    return EngineBuildError(
+        f"{caps.label} {caps.version} could not parse {onnx_path}: {'; '.join(lines) or 'no error reported'}. "
+        f"Note: expected a graph every node of which {caps.label} imports. Fix: {'; '.join(dict.fromkeys(fixes))}")
+
+
+def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, caps: Capabilities,
+           options: BuildOptions) -> tuple[Any, Any]:
+    """The network and its parser (which owns the weights, so it must outlive the build)."""
+    flags = 0
+    if options.strongly_typed and caps.supports_strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external data next to it is found
+        raise _parser_error(parser, onnx_path, caps, logger.errors)
+    return network, parser
+
+
+def _mark_attention_decomposable(trt: ModuleType, network: Any) -> None:
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.ATTENTION_INPUT:
+            layer.__class__ = trt.IAttentionInputLayer  # TensorRT's documented down-cast
+            layer.attention.decomposable = True
+
+
+def _configure(trt: ModuleType, builder: Any, caps: Capabilities, options: BuildOptions) -> Any:
+    config = builder.create_builder_config()
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if options.optimization_level is not None and caps.supports_optimization_level:
+        config.builder_optimization_level = options.optimization_level
+    if options.timing_cache is not None and caps.supports_timing_cache:
+        path = Path(options.timing_cache)
+        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    elif options.timing_cache is not None:
+        log.info("timing cache %s ignored: %s has none", options.timing_cache, caps.label)
+    return config
+
+
+def _save_timing_cache(config: Any, caps: Capabilities, options: BuildOptions) -> None:
+    if options.timing_cache is not None and caps.supports_timing_cache:
+        Path(options.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def _build_error(onnx_path: Path, caps: Capabilities, errors: list[str]) -> EngineBuildError:
+    fix = "run with -v for TensorRT's log; report the graph if it is valid ONNX"
+    if any(_NO_FUSED_ATTENTION in e for e in errors):
+        fix = "use BuildOptions(decomposable_attention=True), or an attention head dim of at least 16"
+    return EngineBuildError(
+        f"{caps.label} {caps.version} parsed {onnx_path} but could not build it: {' | '.join(errors[-3:])}. "
+        f"Note: expected a serialized engine, got None. Fix: {fix}")
+
+
+def build_engine_with_io(onnx_path: Path, kind: str, options: BuildOptions) -> tuple[bytes, list[TensorInfo]]:
+    """Build `onnx_path` with `kind`; return the serialized engine and the I/O of the network that was built
+    (inputs, then outputs, in graph order). Works without a GPU where `builds_without_gpu`."""
+    trt = import_trt(kind)
+    caps = probe_capabilities(kind, trt)
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, Path(onnx_path), caps, options)
+    if options.decomposable_attention and caps.supports_decomposable_attention:
+        _mark_attention_decomposable(trt, network)
+    config = _configure(trt, builder, caps, options)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise _build_error(Path(onnx_path), caps, logger.errors)
+    _save_timing_cache(config, caps, options)
+    return bytes(serialized), _network_io(trt, network)
+
+
+def build_engine(onnx_path: Path, kind: str, options: BuildOptions) -> bytes:
+    """Build `onnx_path` with `kind` ("trt" or "trt-rtx") and return the serialized engine."""
+    return build_engine_with_io(onnx_path, kind, options)[0]
+
+
+def inspect_engine(engine_bytes: bytes, kind: str) -> list[TensorInfo]:
+    """The I/O tensors of a serialized engine, read from the deserialized `ICudaEngine`.
+
+    Needs a CUDA driver: without one deserialization fails (see the module docstring) and this raises
+    EngineBuildError; on CPU use the I/O returned by `build_engine_with_io` instead."""
+    trt = import_trt(kind)
+    caps = probe_capabilities(kind, trt)
+    logger = _make_logger(trt)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise EngineBuildError(
+            f"{caps.label} {caps.version} could not deserialize a {len(engine_bytes)}-byte engine: "
+            f"{' | '.join(logger.errors[-2:])}. Note: expected an engine built by the same version, on a machine "
+            f"with a CUDA GPU and driver. Fix: inspect on a GPU machine, or use build_engine_with_io on CPU")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    return [TensorInfo(n, tuple(engine.get_tensor_shape(n)), _numpy_name(trt, engine.get_tensor_dtype(n)),
+                       engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT) for n in names]
+
+
+def _mismatches(infos: list[TensorInfo], segment: dict) -> list[str]:
+    got = {info.name: info for info in infos}
+    expected = {e["name"]: (e, True) for e in segment.get("inputs", [])}
+    expected.update({e["name"]: (e, False) for e in segment.get("outputs", [])})
+    problems = [f"{name!r} missing from the engine" for name in expected if name not in got]
+    problems += [f"{name!r} unexpected in the engine" for name in got if name not in expected]
+    for name, (entry, is_input) in expected.items():
+        info = got.get(name)
+        if info is None:
+            continue
+        want = {"direction": "input" if is_input else "output", "shape": tuple(entry["shape"]),
+                "dtype": entry["dtype"]}
+        have = {"direction": "input" if info.is_input else "output", "shape": info.shape, "dtype": info.dtype}
+        problems += [f"{name!r} {k}: expected {want[k]}, got {have[k]}" for k in want if want[k] != have[k]]
+    return problems
+
+
+def check_io_against_manifest(infos: list[TensorInfo], segment: dict) -> None:
+    """Raise ManifestError listing every difference between an engine's I/O and a manifest segment's."""
+    problems = _mismatches(infos, segment)
+    if problems:
+        raise ManifestError(
+            f"engine I/O does not match manifest segment {segment.get('name', '?')!r} ({len(problems)} "
+            f"mismatches): {'; '.join(problems)}. Note: expected the segment's inputs/outputs exactly. "
+            f"Fix: rebuild the engine from this segment's graph ({segment.get('file', '?')}), or export again")

@@ -1,0 +1,113 @@
+"""`trt-distri export`: a diffusers UNet -> per-patch ONNX segment graphs + weights.bin + manifest.json.
+
+Two graph sets are cut from the same emitted rank graph (docs/design.md): `warmup` (synchronous steps, cut after
+every fresh tensor so that its consumer can read this step's values) and `steady` (asynchronous steps, cut at UNet
+block boundaries so that a block's exchange overlaps the blocks after it). The work directory is written beside its
+final place and renamed into it, so an interrupted export never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.config import ExportRequest, GNMode, Precision
+from trt_distri.errors import ConfigError
+from trt_distri.export.graph_io import save_model, to_model, write_weights
+from trt_distri.export.manifest import FORMAT, MANIFEST_FILE, VERSION, Manifest, exchange_layout, exchange_range
+from trt_distri.export.partition import partition
+from trt_distri.export.plan import PatchPlan, make_plan
+from trt_distri.export.unet_graph import RankGraph
+
+log = logging.getLogger(__name__)
+GRAPHS = "graphs"
+WARMUP_CUTS = {"block", "latent-halo", "halo", "kv", "gn"}
+
+
+def steady_cuts(gn_mode: GNMode) -> set[str]:
+    """Block boundaries, the latent halo (always fresh) and, for synchronous GroupNorm, every GN statistic."""
+    return {"block", "latent-halo"} | ({"gn"} if gn_mode == GNMode.SYNC else set())
+
+
+def gn_formula(gn_mode: GNMode) -> str:
+    return "exact" if gn_mode == GNMode.SYNC else gn_mode.value
+
+
+def export_unet(request: ExportRequest, unet=None) -> Path:
+    """Export `request.model` (or the given `unet`) and return the path of the written manifest."""
+    out = Path(request.out_dir)
+    if out.exists() and not request.overwrite:
+        raise ConfigError(f"{out} already exists. Fix: pass --overwrite to replace it, or choose another -o")
+    unet = unet if unet is not None else _load_unet(request)
+    plan = make_plan(unet.config, request.height, request.width, request.patch_devices)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / GRAPHS).mkdir(parents=True)
+    try:
+        start = time.perf_counter()
+        manifest = _write(request, unet, plan, tmp)
+        manifest["export_seconds"] = round(time.perf_counter() - start, 2)
+        Manifest(tmp, manifest).save()
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %d graphs to %s in %.1f s", sum(len(s) for s in manifest["graph_sets"].values()), out,
+             manifest["export_seconds"])
+    return out / MANIFEST_FILE
+
+
+def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:
+    dtype = np.float16 if request.precision == Precision.FP16 else np.float32
+    weights: dict = {}
+    emitted = {}
+    for set_name, formula in (("warmup", "exact"), ("steady", gn_formula(request.gn_mode))):
+        graph = RankGraph(unet, plan, request.batch, dtype, formula, weights=weights)
+        emitted[set_name] = graph.emit()
+    layout = exchange_layout([{"name": v.name, **emitted["warmup"].roles[v.name], "shape": list(v.shape),
+                               "dtype": str(v.dtype)} for v in emitted["warmup"].outputs])
+    offsets, weights_info = write_weights(weights, root / GRAPHS)
+    sets = {}
+    for set_name, cuts in (("warmup", WARMUP_CUTS), ("steady", steady_cuts(request.gn_mode))):
+        sets[set_name] = [_write_segment(seg, offsets, layout, root) for seg in
+                          partition(emitted[set_name], cuts, set_name)]
+    return {
+        "format": FORMAT, "version": VERSION, "model": _model_summary(request, unet),
+        "precision": request.precision.value, "gn_mode": request.gn_mode.value, "batch": request.batch,
+        "guidance": request.guidance, "cfg_split": request.patch_devices != request.gpus, "gpus": request.gpus,
+        "text_len": 77, "plan": plan.to_json(), "exchange": layout, "graph_sets": sets,
+        "weights": {**weights_info, "file": f"{GRAPHS}/{weights_info['file']}"},
+    }
+
+
+def _write_segment(seg, offsets, layout: dict, root: Path) -> dict:
+    path = root / GRAPHS / f"{seg.name}.onnx"
+    save_model(to_model(seg.graph, offsets), path)
+    return {"name": seg.name, "file": f"{GRAPHS}/{path.name}", "exchange_range": exchange_range(seg.outputs, layout),
+            "inputs": seg.inputs, "outputs": seg.outputs}
+
+
+def _model_summary(request: ExportRequest, unet) -> dict:
+    cfg = unet.config
+    return {"source": request.model, "sdxl": cfg.get("addition_embed_type") == "text_time",
+            "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+            "cross_attention_dim": cfg.cross_attention_dim, "config": dict(cfg)}
+
+
+def _load_unet(request: ExportRequest):
+    from trt_distri.models import load_unet, random_unet
+
+    name = request.random_config
+    return random_unet(name, seed=request.seed) if name else load_unet(request.model)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished work directory into place; an old one (with --overwrite) is removed only after."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""Shared fixtures (tiny UNets built from shipped configs, never downloaded) and skips for missing hardware."""
+from __future__ import annotations
+
+import functools
+import importlib
+import shutil
+import subprocess
+
+import pytest
+
+from helpers import rel_err as _rel_err
+
+
+@functools.cache
+def _cuda_gpu_count() -> int:
+    """GPUs listed by `nvidia-smi -L`; 0 when it is absent or fails (no driver)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+@functools.cache
+def _import_error(module: str) -> str | None:
+    """Why `module` cannot be imported, or None when it can."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a binding whose shared libraries fail to load
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _skip_reason(item: pytest.Item) -> str | None:
+    gpus = None
+    if item.get_closest_marker("gpu") or item.get_closest_marker("multi_gpu"):
+        gpus = _cuda_gpu_count()
+        if gpus == 0:
+            return "no CUDA GPU on this machine"
+    if item.get_closest_marker("multi_gpu") and gpus is not None and gpus < 2:
+        return f"needs two or more CUDA GPUs, this machine has {gpus}"
+    for marker, module, package in (("tensorrt", "tensorrt", "tensorrt"),
+                                     ("rtx", "tensorrt_rtx_bindings", "tensorrt-rtx-cu13-bindings")):
+        if item.get_closest_marker(marker) and (why := _import_error(module)):
+            return f"needs the {package} package (import {module} failed: {why})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = _skip_reason(item)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    """SD 1.x-shaped tiny UNet (3 levels, 2 downsamples), seeded random fp32 weights, eval mode."""
+    from trt_distri.models import random_unet
+
+    return random_unet("tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    """SDXL-shaped tiny UNet (text_time embedding, 2 downsamples), seeded random fp32 weights, eval mode."""
+    from trt_distri.models import random_unet
+
+    return random_unet("tiny-sdxl")
+
+
+@pytest.fixture
+def rel_err():
+    """The `helpers.rel_err` function: ||a - b|| / ||b|| for numpy arrays and torch tensors."""
+    return _rel_err

@@ -1,0 +1,143 @@
+"""The `trt-distri` entry point, called in-process, and the ExportRequest it builds."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from trt_distri import __version__
+from trt_distri.cli import main
+from trt_distri.config import ExportRequest, GNMode, Precision
+from trt_distri.errors import ConfigError
+
+
+def _err_lines(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def fake_exporter(monkeypatch, tmp_path):
+    """Stands in for trt_distri.export.exporter: records the request, or raises `fake_exporter.error`."""
+    module = types.ModuleType("trt_distri.export.exporter")
+    module.requests, module.error = [], None
+
+    def export_unet(request: ExportRequest) -> Path:
+        module.requests.append(request)
+        if module.error is not None:
+            raise module.error
+        return request.out_dir / "manifest.json"
+
+    module.export_unet = export_unet
+    monkeypatch.setitem(sys.modules, "trt_distri.export.exporter", module)
+    return module
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"trt-distri {__version__}"
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_bad_height_prints_one_line_and_returns_2(capsys, tmp_path):
+    assert main(["export", "--height", "100", "-o", str(tmp_path / "work")]) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("trt-distri: error: height 100")
+    assert "96 or 128" in lines[0] and "run with -v" in lines[0]
+    assert not (tmp_path / "work").exists()
+
+
+def test_verbose_shows_the_traceback(capsys):
+    assert main(["-v", "export", "--height", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UnsplittableError" in err
+    assert err.strip().splitlines()[-1].startswith("trt-distri: error:")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["export", "random:nope"], "random:tiny-sdxl"),
+    (["export", "/nonexistent/model"], "config.json"),
+    (["export", "--gpus", "0"], "at least 1"),
+    (["export", "--gpus", "4", "--height", "96"], "each image is cut over 2 GPUs"),
+])
+def test_user_errors(capsys, argv, expected):
+    assert main(argv) == 2
+    lines = _err_lines(capsys)
+    assert lines[-1].startswith("trt-distri: error:") and expected in lines[-1]
+
+
+def test_bad_choice_is_a_usage_error(capsys):
+    assert main(["export", "--dtype", "fp64"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_split_note_is_a_warning_with_the_rank(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    assert main(["export", "--gpus", "3", "--height", "100"]) == 2
+    lines = _err_lines(capsys)
+    assert lines[0].startswith("[rank 3] WARNING") and "--cfg-split" in lines[0]
+
+
+def test_export_builds_the_request_from_arguments(capsys, fake_exporter, tmp_path):
+    argv = ["export", "random:tiny-sd", "--height", "512", "--width", "384", "--gpus", "4", "--no-cfg-split",
+            "--dtype", "fp32", "--gn-mode", "sync", "--overwrite", "--seed", "7", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    assert fake_exporter.requests == [ExportRequest(
+        model="random:tiny-sd", height=512, width=384, gpus=4, out_dir=tmp_path, cfg_split=False,
+        precision=Precision.FP32, gn_mode=GNMode.SYNC, overwrite=True, seed=7)]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "manifest.json")
+
+
+def test_export_defaults(fake_exporter):
+    assert main(["export"]) == 0
+    assert fake_exporter.requests == [ExportRequest(model="random:tiny-sdxl", height=256, width=256, gpus=1,
+                                                    out_dir=Path("trt-distri-work"))]
+
+
+@pytest.mark.parametrize("error, code, expected", [
+    (ConfigError("out dir exists. Note: expected an empty folder"), 2, "trt-distri: error: out dir exists"),
+    (ModuleNotFoundError("No module named 'diffusers'", name="diffusers"), 2, "pip install -e '.[export]'"),
+    (RuntimeError("boom"), 1, "trt-distri: internal error: RuntimeError: boom"),
+    (KeyboardInterrupt(), 130, "trt-distri: interrupted"),
+])
+def test_errors_raised_by_the_exporter(capsys, fake_exporter, error, code, expected):
+    fake_exporter.error = error
+    assert main(["export"]) == code
+    lines = _err_lines(capsys)
+    assert expected in lines[-1] and not any(line.startswith("Traceback") for line in lines)
+
+
+# gpus, guidance, cfg_split -> patch_devices, batch, a note?
+@pytest.mark.parametrize("gpus, guidance, cfg_split, devices, batch, note", [
+    (1, True, True, 1, 2, True),
+    (1, True, False, 1, 2, False),
+    (1, False, True, 1, 1, False),
+    (2, True, True, 1, 1, False),
+    (2, True, False, 2, 2, False),
+    (2, False, True, 2, 1, False),
+    (3, True, True, 3, 2, True),
+    (3, True, False, 3, 2, False),
+    (3, False, True, 3, 1, False),
+    (4, True, True, 2, 1, False),
+    (4, True, False, 4, 2, False),
+    (4, False, True, 4, 1, False),
+    (4, False, False, 4, 1, False),
+])
+def test_request_split(gpus, guidance, cfg_split, devices, batch, note):
+    request = ExportRequest("random:tiny-sdxl", 256, 256, gpus, Path("w"), cfg_split=cfg_split, guidance=guidance)
+    assert (request.patch_devices, request.batch) == (devices, batch)
+    assert (request.split_note() is not None) == note
+    if note:
+        assert "--cfg-split" in request.split_note() and "even --gpus" in request.split_note()
+
+
+def test_request_unet_config_reads_a_folder_without_torch(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"down_block_types": ["A", "B"]}')
+    assert ExportRequest(str(tmp_path), 256, 256, 1, tmp_path).unet_config() == {"down_block_types": ["A", "B"]}
