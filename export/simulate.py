@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trt_distri.errors import ConfigError
 from trt_distri.export.manifest import Manifest
+from trt_distri.export.plan import PatchPlan
 from trt_distri.export.unet_check import check_call
 
 
@@ -36,11 +38,16 @@ class Simulator:
                       for _ in range(self.n)]
         self.synced = False
 
+    @property
+    def plan(self) -> PatchPlan:
+        return PatchPlan.from_json(self.manifest.data["plan"])
+
     def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, *, sync: bool,
                  **unet_kwargs) -> np.ndarray:
         check_call(**unet_kwargs)
         if not sync and not self.synced:
-            raise RuntimeError("the first step must be synchronous: stale buffers hold nothing yet")
+            raise ConfigError("an asynchronous step came before any synchronous one: the stale buffers hold nothing "
+                              "yet. Fix: run at least the first step with sync=True (warm-up)")
         sample = np.asarray(sample, np.float32)
         rows = sample.shape[2] // self.n
         shared = {"timestep": np.asarray(timestep, np.float32).reshape(-1)[:1],

@@ -1,0 +1,67 @@
+"""The denoising loop shared by the ONNX simulator and the PyTorch reference (CPU, diffusers schedulers).
+
+`unet_step(sample, t, encoder_hidden_states, added_cond_kwargs, sync=...)` returns the noise prediction for the
+full latent; steps 0..warmup_steps run synchronously (DistriFusion's default: 4 warm-up steps after step 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trt_distri.errors import ConfigError
+
+SCHEDULERS = ("ddim", "euler", "dpm++")
+
+
+def make_scheduler(name: str, config: dict | None = None):
+    """A diffusers scheduler by short name, from `config` (a pipeline's scheduler config) or SD defaults."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    base = config or {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                      "num_train_timesteps": 1000, "steps_offset": 1}
+    if name == "ddim":
+        return DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(base)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++")
+    raise ConfigError(f"unknown scheduler {name!r}. Note: expected one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass
+class LoopInputs:
+    latents: torch.Tensor  # (1, 4, h, w) initial noise, already scaled by init_noise_sigma by `denoise`
+    cond: torch.Tensor  # (1, S, D) prompt embedding
+    uncond: torch.Tensor | None = None  # (1, S, D) negative prompt embedding; None = no guidance
+    added_cond: dict[str, torch.Tensor] | None = None  # SDXL: text_embeds, time_ids for [uncond; cond] batch
+    guidance_scale: float = 5.0
+
+
+def denoise(unet_step: Callable, scheduler, inputs: LoopInputs, steps: int, warmup_steps: int = 4) -> torch.Tensor:
+    """Run `steps` scheduler steps; returns the final latents (1, 4, h, w)."""
+    scheduler.set_timesteps(steps)
+    latents = inputs.latents * scheduler.init_noise_sigma
+    guided = inputs.uncond is not None
+    enc = torch.cat([inputs.uncond, inputs.cond]) if guided else inputs.cond
+    for i, t in enumerate(scheduler.timesteps):
+        model_in = torch.cat([latents] * 2) if guided else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        tt = torch.tensor([float(t)], dtype=torch.float32)
+        noise = unet_step(model_in, tt, enc, inputs.added_cond, sync=i <= warmup_steps)
+        noise = torch.as_tensor(np.asarray(noise), dtype=torch.float32)
+        if guided:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + inputs.guidance_scale * (cond - uncond)
+        latents = scheduler.step(noise, t, latents).prev_sample
+    return latents
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of `a` against `b` in dB, with the peak taken as b's value range."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    peak = float(b.max() - b.min())
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
