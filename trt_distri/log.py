@@ -1,6 +1,7 @@
-"""Logging setup for the CLI: one handler on the `trt_distri` logger, with the rank in the prefix.
+"""Logging setup for the CLI: one handler on the root logger, with the rank in the prefix.
 
-Library modules only call `logging.getLogger(__name__)`; they never configure logging or print.
+Library modules only call `logging.getLogger(__name__)`; they never configure logging or print. The package
+logger logs at INFO (DEBUG when verbose); other libraries only from WARNING, with the same prefix.
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ def rank_prefix(rank: int | str | None = None) -> str:
     return f"[rank {rank}] " if rank not in (None, "") else ""
 
 
-def configure(verbose: bool = False, rank: int | str | None = None) -> logging.Logger:
-    """(Re)configure the package logger: INFO (DEBUG when verbose) to the current stderr. Idempotent."""
-    logger = logging.getLogger(PACKAGE_LOGGER)
-    for handler in [h for h in logger.handlers if getattr(h, "_trt_distri", False)]:
-        logger.removeHandler(handler)
+def configure(verbose: bool = False, rank: int | str | None = None) -> logging.Handler:
+    """(Re)install the trt-distri handler on the root logger, writing to the current stderr. Idempotent."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_trt_distri", False)]:
+        root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler._trt_distri = True  # type: ignore[attr-defined]
     time = "%(asctime)s " if verbose else ""
     handler.setFormatter(logging.Formatter(f"{time}{rank_prefix(rank)}%(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
-    return logger
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler

@@ -1,0 +1,125 @@
+"""Every exported graph: onnx.checker, ONNX Runtime (CPU), TensorRT-RTX parse + build; the manifest's contract."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from trt_distri.config import ExportRequest, GNMode, Precision
+from trt_distri.errors import ConfigError, UnsupportedModelError
+from trt_distri.export.exporter import export_unet
+from trt_distri.export.manifest import Manifest
+from trt_distri.export.simulate import Simulator
+from trt_distri.export.unet_check import check_call
+from trt_distri.models import random_unet
+
+from export_helpers import export_tiny
+
+GRAPH_CASES = [("tiny-sdxl", 2, GNMode.CORRECTED_ASYNC, Precision.FP16),
+               ("tiny-sd", 3, GNMode.SYNC, Precision.FP16),
+               ("tiny-sdxl", 4, GNMode.SEPARATE, Precision.FP32)]
+
+
+@pytest.fixture(scope="module", params=GRAPH_CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[2].value}-{c[3].value}")
+def workdir(request, tmp_path_factory):
+    model, n, mode, precision = request.param
+    return export_tiny(random_unet(model), model, tmp_path_factory.mktemp("graphs"), n, 32 * n, 64, mode, precision)
+
+
+def _segments(manifest: Manifest):
+    return [s for name in ("warmup", "steady") for s in manifest.segments(name)]
+
+
+def test_every_graph_passes_checker_and_loads_in_onnxruntime(workdir):
+    manifest = Manifest.load(workdir)
+    for seg in _segments(manifest):
+        path = str(manifest.graph_path(seg))
+        onnx.checker.check_model(path, full_check=True)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [i["name"] for i in seg["inputs"]]
+        assert [o.name for o in session.get_outputs()] == [o["name"] for o in seg["outputs"]]
+
+
+@pytest.mark.rtx
+def test_every_graph_parses_and_builds_with_tensorrt_rtx(workdir):
+    from trt_distri.engines.trt import BuildOptions, build_engine_with_io, check_io_against_manifest
+
+    manifest = Manifest.load(workdir)
+    for seg in _segments(manifest):
+        engine, io = build_engine_with_io(manifest.graph_path(seg), "trt-rtx", BuildOptions())
+        assert len(engine) > 0
+        check_io_against_manifest(io, seg)
+
+
+def test_weights_are_external_and_stored_once(workdir):
+    manifest = Manifest.load(workdir)
+    weights = manifest.data["weights"]
+    assert (workdir / weights["file"]).stat().st_size == weights["bytes"]
+    for seg in _segments(manifest):
+        model = onnx.load(str(manifest.graph_path(seg)), load_external_data=False)
+        inline = [i.name for i in model.graph.initializer
+                  if i.data_location != onnx.TensorProto.EXTERNAL and len(i.raw_data) > 4096]
+        assert not inline, f"{seg['name']} holds weights inline: {inline[:3]}"
+
+
+def test_manifest_wiring_is_consistent(workdir):
+    manifest = Manifest.load(workdir)
+    entries = {e["name"]: e for e in manifest.data["exchange"]["entries"]}
+    for set_name in ("warmup", "steady"):
+        produced_in = {}
+        for index, seg in enumerate(manifest.segments(set_name)):
+            start, stop = seg["exchange_range"]
+            for out in seg["outputs"]:
+                if out["role"] == "fresh":
+                    e = entries[out["name"]]
+                    assert start <= e["offset"] and e["offset"] + e["nbytes"] <= stop
+                    assert (e["shape"], e["dtype"]) == (out["shape"], out["dtype"])
+                    produced_in[out["name"]] = index
+            for inp in seg["inputs"]:
+                if inp["role"] != "stale":
+                    continue
+                source = entries[inp["source"]["entry"]]
+                assert (source["shape"], source["dtype"]) == (inp["shape"], inp["dtype"]), inp["name"]
+                if set_name == "warmup":  # synchronous: produced by an earlier segment, exchanged in between
+                    assert produced_in[inp["source"]["entry"]] < index, inp["name"]
+
+
+def test_existing_workdir_is_not_overwritten_without_flag(tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    req = ExportRequest("random:tiny-sd", 128, 128, 2, out)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        export_unet(req)
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_unsupported_unet_features_are_named(tmp_path):
+    unet = random_unet("tiny-sd")
+    unet.register_to_config(class_embed_type="timestep")
+    with pytest.raises(UnsupportedModelError, match="class_embed_type"):
+        export_unet(ExportRequest("random:tiny-sd", 128, 128, 2, tmp_path / "w"), unet=unet)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("kwarg,what", [("down_block_additional_residuals", "ControlNet"),
+                                        ("attention_mask", "attention masks")])
+def test_unsupported_unet_inputs_are_named(kwarg, what):
+    with pytest.raises(UnsupportedModelError, match=what):
+        check_call(**{kwarg: [1]})
+
+
+def test_async_before_warmup_is_a_clear_error(tmp_path):
+    workdir = export_tiny(random_unet("tiny-sd"), "tiny-sd", tmp_path, 2, 128, 128, GNMode.STALE)
+    with pytest.raises(ConfigError, match="sync=True"):
+        Simulator(workdir)(None, [1.0], None, sync=False)
+
+
+def test_manifest_records_plan_and_modes(tmp_path):
+    workdir = export_tiny(random_unet("tiny-sdxl"), "tiny-sdxl", tmp_path, 2, 128, 192, GNMode.STALE)
+    data = json.loads((workdir / "manifest.json").read_text())
+    assert data["plan"]["devices"] == 2 and data["plan"]["latent_height"] == 16 and data["gn_mode"] == "stale"
+    assert data["plan"]["levels"][0] == {"rows": 8, "width": 24}
+    assert len(data["graph_sets"]["steady"]) < len(data["graph_sets"]["warmup"])
