@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.export.exporter import export_unet
 from trt_distri.models import random_unet
@@ -47,7 +49,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/trt-distri-sizes"))
     args = ap.parse_args()
     start = time.perf_counter()
-    unet = random_unet("sdxl")
+    unet = random_unet("sdxl", dtype=torch.float16)
     load_s = time.perf_counter() - start
     rows = [measure(unet, s, n, args.workdir) for s in args.sizes for n in args.devices]
     info = {"date": datetime.date.today().isoformat(), "host": f"{platform.processor() or platform.machine()}, "

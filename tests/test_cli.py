@@ -1,6 +1,7 @@
 """The `trt-distri` entry point, called in-process, and the ExportRequest it builds."""
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -141,3 +142,30 @@ def test_request_unet_config_reads_a_folder_without_torch(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text('{"down_block_types": ["A", "B"]}')
     assert ExportRequest(str(tmp_path), 256, 256, 1, tmp_path).unet_config() == {"down_block_types": ["A", "B"]}
+
+
+def test_export_of_a_saved_model_folder_end_to_end(capsys, tmp_path):
+    """The real exporter behind the CLI: a UNet saved with save_pretrained -> graphs and a manifest."""
+    from trt_distri.models import random_unet
+
+    model = tmp_path / "model"
+    random_unet("tiny-sd").save_pretrained(model / "unet")
+    out = tmp_path / "work"
+    argv = ["export", str(model), "--height", "128", "--width", "192", "--gpus", "2", "--no-cfg-split",
+            "--dtype", "fp32", "-o", str(out)]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["devices"] == 2 and manifest["batch"] == 2 and manifest["precision"] == "fp32"
+    assert all((out / seg["file"]).is_file() for seg in manifest["graph_sets"]["steady"])
+    assert str(out / "manifest.json") in capsys.readouterr().out
+    assert main(argv) == 2  # exists: refuses without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_export_of_an_incomplete_model_folder_is_one_line(capsys, tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel",
+                                                                "down_block_types": ["A", "B"]}))
+    assert main(["export", str(tmp_path), "--height", "128", "--width", "128", "-o", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "has a config.json but no weights" in err

@@ -59,6 +59,10 @@ def random_unet(name: str, seed: int = 0, dtype=None):
     return unet.eval()
 
 
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                 "diffusion_pytorch_model.bin")
+
+
 def load_unet(path: str | Path):
     """Load the UNet of a local diffusers folder: a pipeline (with `unet/`) or a UNet folder itself."""
     from diffusers import UNet2DConditionModel
@@ -69,4 +73,11 @@ def load_unet(path: str | Path):
         raise ConfigError(
             f"no diffusers UNet in {root}. Note: expected {root}/unet/config.json (a pipeline folder) or "
             f"{root}/config.json (a UNet folder). Fix: pass a folder saved by `save_pretrained`")
-    return UNet2DConditionModel.from_pretrained(folder).eval()
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise ConfigError(f"the UNet folder {folder} has a config.json but no weights. Note: expected one of "
+                          f"{', '.join(_WEIGHT_FILES)}. Fix: copy the complete folder written by `save_pretrained`")
+    try:
+        return UNet2DConditionModel.from_pretrained(folder).eval()
+    except (OSError, ValueError) as exc:  # missing or unreadable weight files, a config diffusers rejects
+        raise ConfigError(f"cannot load the UNet in {folder}: {exc}. Fix: point at a complete folder written "
+                          "by `save_pretrained` (config.json and the weight files)") from exc
