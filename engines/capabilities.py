@@ -20,12 +20,15 @@ class _Flavour:
     label: str
     builds_without_gpu: bool
     timing_cache_is_noop: bool
+    portable_engines: bool
 
 
 _FLAVOURS: dict[str, _Flavour] = {
-    "trt": _Flavour("tensorrt", "tensorrt-cu13", "TensorRT", builds_without_gpu=False, timing_cache_is_noop=False),
+    "trt": _Flavour("tensorrt", "tensorrt-cu13", "TensorRT", builds_without_gpu=False, timing_cache_is_noop=False,
+                     portable_engines=False),
     "trt-rtx": _Flavour("tensorrt_rtx_bindings", "tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings==1.7.1.116",
-                        "TensorRT-RTX", builds_without_gpu=True, timing_cache_is_noop=True),
+                        "TensorRT-RTX", builds_without_gpu=True, timing_cache_is_noop=True,
+                         portable_engines=True),
 }
 
 
@@ -38,6 +41,10 @@ class Capabilities:
     version: str
     builds_without_gpu: bool
     """CI may build this kind's engines on a CPU-only runner (RTX compiles ahead of time; TensorRT times tactics)."""
+    portable_engines: bool
+    """An engine runs on any supported GPU architecture: RTX compiles ahead of time for every compute capability
+    it supports (none set in the builder config) and specializes on the device when loaded. A TensorRT engine
+    runs only on the compute capability it was built on."""
     deserializes_without_gpu: bool
     """`inspect_engine` works without a CUDA driver. False for both: `Runtime.deserialize_cuda_engine` opens a CUDA
     stream (RTX 1.7 on a CPU machine: cudaError 35, "CUDA driver version is insufficient"), so CPU checks read the
@@ -50,6 +57,8 @@ class Capabilities:
     """`IBuilderConfig.builder_optimization_level` exists, so `BuildOptions.optimization_level` is applied."""
     supports_refit: bool
     """`BuilderFlag.REFIT`: weights can be replaced in a built engine (one engine, several checkpoints)."""
+    supports_strip_plan: bool
+    """`BuilderFlag.STRIP_PLAN`: weight-stripped engines, refitted from the ONNX weights at load."""
     supports_weight_streaming: bool
     """`BuilderFlag.WEIGHT_STREAMING`: weights may stay in host memory and stream in (large UNets on small GPUs)."""
     supports_decomposable_attention: bool
@@ -81,11 +90,13 @@ def probe_capabilities(kind: str, trt: ModuleType) -> Capabilities:
     return Capabilities(
         kind=kind, label=flavour.label, version=str(getattr(trt, "__version__", "unknown")),
         builds_without_gpu=flavour.builds_without_gpu,
+        portable_engines=flavour.portable_engines,
         deserializes_without_gpu=False,
         supports_strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"),
         supports_timing_cache=hasattr(config, "create_timing_cache") and not flavour.timing_cache_is_noop,
         supports_optimization_level=hasattr(config, "builder_optimization_level"),
         supports_refit=hasattr(trt.BuilderFlag, "REFIT"),
+        supports_strip_plan=hasattr(trt.BuilderFlag, "STRIP_PLAN"),
         supports_weight_streaming=hasattr(trt.BuilderFlag, "WEIGHT_STREAMING"),
         supports_decomposable_attention=hasattr(trt, "IAttention") and hasattr(trt.IAttention, "decomposable"),
     )

@@ -11,6 +11,7 @@ CPU checks use `build_engine_with_io`, which reads the I/O of the parsed `INetwo
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from trt_distri.engines.capabilities import Capabilities, import_trt, probe_capabilities
-from trt_distri.errors import EngineBuildError, ManifestError
+from trt_distri.errors import ConfigError, EngineBuildError, ManifestError
 
 __all__ = ["BuildOptions", "Capabilities", "TensorInfo", "build_engine", "build_engine_with_io",
-           "check_io_against_manifest", "import_trt", "inspect_engine"]
+           "check_io_against_manifest", "engine_io", "import_trt", "inspect_engine", "make_logger"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ class BuildOptions:
     """Tensor types come from the graph, which carries its precision (fp16 weights, fp32 statistics)."""
     decomposable_attention: bool = False
     """Let an Attention without a fused kernel (fp16 head dim < 16, tiny test models) build decomposed."""
+    refittable: bool = False
+    """`BuilderFlag.REFIT`: the engine's weights can be replaced after the build (another checkpoint)."""
+    strip_weights: bool = False
+    """`BuilderFlag.STRIP_PLAN`: the engine file holds no refittable weights; they are refitted from the ONNX
+    graph's weights when it is loaded (a much smaller engine cache)."""
+
+    def flags(self) -> dict[str, object]:
+        """The settings that change the built engine (the cache key); the timing cache only speeds a build."""
+        return {"optimization_level": self.optimization_level, "workspace_bytes": self.workspace_bytes,
+                "strongly_typed": self.strongly_typed, "decomposable_attention": self.decomposable_attention,
+                "refittable": self.refittable, "strip_weights": self.strip_weights}
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ class TensorInfo:
     is_input: bool
 
 
-def _make_logger(trt: ModuleType) -> Any:
+def make_logger(trt: ModuleType) -> Any:
     """A `trt.ILogger` that forwards to Python logging and keeps error messages for the exception text."""
     levels = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
               "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}
@@ -145,12 +157,24 @@ def _configure(trt: ModuleType, builder: Any, caps: Capabilities, options: Build
         config.set_timing_cache(cache, ignore_mismatch=False)
     elif options.timing_cache is not None:
         log.info("timing cache %s ignored: %s has none", options.timing_cache, caps.label)
+    for wanted, supported, flag in ((options.refittable, caps.supports_refit, "REFIT"),
+                                    (options.strip_weights, caps.supports_strip_plan, "STRIP_PLAN")):
+        if wanted and not supported:
+            raise ConfigError(f"{caps.label} {caps.version} has no BuilderFlag.{flag}. Note: expected it for "
+                              f"{'refittable' if flag == 'REFIT' else 'weight-stripped'} engines. "
+                              f"Fix: build without that option, or upgrade {caps.label}")
+        if wanted:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
     return config
 
 
 def _save_timing_cache(config: Any, caps: Capabilities, options: BuildOptions) -> None:
+    """Atomically (temp file + rename): ranks building in parallel share the file, and the last one wins."""
     if options.timing_cache is not None and caps.supports_timing_cache:
-        Path(options.timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+        path = Path(options.timing_cache)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        os.replace(tmp, path)
 
 
 def _build_error(onnx_path: Path, caps: Capabilities, errors: list[str]) -> EngineBuildError:
@@ -167,7 +191,7 @@ def build_engine_with_io(onnx_path: Path, kind: str, options: BuildOptions) -> t
     (inputs, then outputs, in graph order). Works without a GPU where `builds_without_gpu`."""
     trt = import_trt(kind)
     caps = probe_capabilities(kind, trt)
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, Path(onnx_path), caps, options)
     if options.decomposable_attention and caps.supports_decomposable_attention:
@@ -192,13 +216,18 @@ def inspect_engine(engine_bytes: bytes, kind: str) -> list[TensorInfo]:
     EngineBuildError; on CPU use the I/O returned by `build_engine_with_io` instead."""
     trt = import_trt(kind)
     caps = probe_capabilities(kind, trt)
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise EngineBuildError(
             f"{caps.label} {caps.version} could not deserialize a {len(engine_bytes)}-byte engine: "
             f"{' | '.join(logger.errors[-2:])}. Note: expected an engine built by the same version, on a machine "
             f"with a CUDA GPU and driver. Fix: inspect on a GPU machine, or use build_engine_with_io on CPU")
+    return engine_io(trt, engine)
+
+
+def engine_io(trt: ModuleType, engine: Any) -> list[TensorInfo]:
+    """The I/O tensors of a deserialized `ICudaEngine`, in the engine's order."""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     return [TensorInfo(n, tuple(engine.get_tensor_shape(n)), _numpy_name(trt, engine.get_tensor_dtype(n)),
                        engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT) for n in names]

@@ -35,3 +35,15 @@ class InternalError(Exception):
 
 class EngineBuildError(TrtDistriError):
     """TensorRT could not parse a graph, build it into an engine, or read an engine back."""
+
+
+class EngineCacheError(TrtDistriError):
+    """A built engine cannot be used: missing, built for another machine or graph, or damaged on disk."""
+
+
+class EngineMismatchError(EngineCacheError):
+    """An engine's key fields (graph, GPU, backend version, ...) differ from this machine's or the manifest's."""
+
+
+class CorruptEngineError(EngineCacheError):
+    """An engine file is truncated or its checksum differs from its metadata."""

@@ -1,0 +1,123 @@
+"""GPU check of the ONNX Runtime backend: CUDA sessions bound to device buffers against the CPU provider.
+
+Exports the tiny SDXL-shaped UNet (fp16, 2 patch devices) unless --workdir names an exported one, builds its ORT
+engines (`trt-distri build --backend ort`), then runs every segment of both graph sets twice from the same inputs:
+on the CPU provider with host arrays (`run_host`) and on the CUDA provider with every input and output bound to
+device memory (cupy allocations) and run on a caller-owned stream (`bind` + `run_async`). Prints the device, the
+date and the largest relative error (||cuda - cpu|| / ||cpu||) per segment; writes a JSON under $OUT when set.
+
+    python benchmarks/ort_cuda_check.py [--workdir DIR] [--tolerance 1e-2]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.engines.build import GRAPH_SETS, build_workdir
+from trt_distri.engines.cache import EngineCache
+from trt_distri.engines.backend import get_backend
+from trt_distri.export.manifest import Manifest
+
+
+def export_tiny(out: Path) -> Path:
+    from trt_distri.config import ExportRequest, Precision
+    from trt_distri.export.exporter import export_unet
+
+    export_unet(ExportRequest("random:tiny-sdxl", 64, 64, 2, out, cfg_split=False, precision=Precision.FP16))
+    return out
+
+
+def feeds_for(segment: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of the segment's shapes; GroupNorm statistics get a positive variance (E[x^2] > E[x]^2)."""
+    feeds = {}
+    for spec in segment["inputs"]:
+        value = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+        if spec["name"].startswith("gn."):
+            value[1] = value[0] ** 2 + 1.0
+        if spec["role"] == "timestep":
+            value = np.full(spec["shape"], 500.0, spec["dtype"])
+        feeds[spec["name"]] = value
+    return feeds
+
+
+def run_cuda(session, feeds: dict[str, np.ndarray], stream, repeats: int) -> tuple[dict[str, np.ndarray], float]:
+    import cupy as cp
+
+    buffers = {name: cp.asarray(value) for name, value in feeds.items()}
+    buffers.update({t.name: cp.empty(t.shape, t.dtype) for t in session.outputs})
+    for name, buffer in buffers.items():
+        session.bind(name, buffer.data.ptr)
+    stream.synchronize()  # the copies above ran on cupy's current stream
+    session.run_async(stream.ptr)  # warm-up
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record(stream)
+    for _ in range(repeats):
+        session.run_async(stream.ptr)
+    stop.record(stream)
+    stop.synchronize()
+    ms = cp.cuda.get_elapsed_time(start, stop) / repeats
+    return {t.name: cp.asnumpy(buffers[t.name]) for t in session.outputs}, ms
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ref = float(np.linalg.norm(b))
+    return float(np.linalg.norm(a - b)) / ref if ref else float(np.linalg.norm(a))
+
+
+def check(workdir: Path, repeats: int) -> list[dict]:
+    import cupy as cp
+
+    build_workdir(workdir, "ort")
+    cache = EngineCache(Manifest.load(workdir), get_backend("ort"))
+    stream = cp.cuda.Stream(non_blocking=True)
+    rng, rows = np.random.default_rng(0), []
+    for name in GRAPH_SETS:
+        for segment in cache.manifest.segments(name):
+            feeds = feeds_for(segment, rng)
+            cpu = cache.load(segment, None).run_host(feeds)
+            gpu, ms = run_cuda(cache.load(segment, 0, stream=stream.ptr), feeds, stream, repeats)
+            errors = {k: rel_err(gpu[k], cpu[k]) for k in cpu}
+            worst = max(errors, key=errors.get)
+            rows.append({"segment": segment["name"], "outputs": len(cpu), "max_rel_err": errors[worst],
+                         "worst_output": worst, "cuda_ms": round(ms, 4)})
+            print(f"{segment['name']:>12}  outputs {len(cpu):3d}  max rel err {errors[worst]:.2e} ({worst})  "
+                  f"CUDA {ms:.3f} ms")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, help="an exported work directory (default: export tiny-sdxl)")
+    parser.add_argument("--tolerance", type=float, default=1e-2, help="largest relative error allowed (fp16)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per segment")
+    args = parser.parse_args()
+    import cupy as cp
+    import onnxruntime as ort
+
+    ort.preload_dlls()  # CUDA/cuDNN libraries from the pip packages torch brought, when not on the library path
+    device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    workdir = args.workdir or export_tiny(Path(tempfile.mkdtemp()) / "tiny-sdxl-fp16")
+    print(f"device {device}; onnxruntime {ort.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}")
+    rows = check(workdir, args.repeats)
+    worst = max(r["max_rel_err"] for r in rows)
+    result = {"device": device, "date": datetime.date.today().isoformat(), "python": platform.python_version(),
+              "onnxruntime": ort.__version__, "command": " ".join(["python"] + sys.argv), "segments": rows,
+              "max_rel_err": worst, "tolerance": args.tolerance, "passed": worst <= args.tolerance}
+    print(f"max rel err over {len(rows)} segments: {worst:.2e} (tolerance {args.tolerance}): "
+          f"{'PASS' if result['passed'] else 'FAIL'}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "ort_cuda_check.json").write_text(json.dumps(result, indent=1))
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
