@@ -1,7 +1,8 @@
 """GPU check of the ONNX Runtime backend: CUDA sessions bound to device buffers against the CPU provider.
 
 Exports the tiny SDXL-shaped UNet (fp16, 2 patch devices) unless --workdir names an exported one, builds its ORT
-engines (`trt-distri build --backend ort`), then runs every segment of both graph sets twice from the same inputs:
+engines (`trt-distri build --backend ort`), records every segment's inputs on rank 0 while the export simulator
+runs one synchronous and one asynchronous step, then runs every segment twice from those inputs:
 on the CPU provider with host arrays (`run_host`) and on the CUDA provider with every input and output bound to
 device memory (cupy allocations) and run on a caller-owned stream (`bind` + `run_async`). Prints the device, the
 date and the largest relative error (||cuda - cpu|| / ||cpu||) per segment; writes a JSON under $OUT when set.
@@ -25,6 +26,7 @@ from trt_distri.engines.build import GRAPH_SETS, build_workdir
 from trt_distri.engines.cache import EngineCache
 from trt_distri.engines.backend import get_backend
 from trt_distri.export.manifest import Manifest
+from trt_distri.export.simulate import Simulator
 
 
 def export_tiny(out: Path) -> Path:
@@ -35,17 +37,35 @@ def export_tiny(out: Path) -> Path:
     return out
 
 
-def feeds_for(segment: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of the segment's shapes; GroupNorm statistics get a positive variance (E[x^2] > E[x]^2)."""
-    feeds = {}
-    for spec in segment["inputs"]:
-        value = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
-        if spec["name"].startswith("gn."):
-            value[1] = value[0] ** 2 + 1.0
-        if spec["role"] == "timestep":
-            value = np.full(spec["shape"], 500.0, spec["dtype"])
-        feeds[spec["name"]] = value
-    return feeds
+class _Recorder(Simulator):
+    """The export simulator, keeping the first feeds each segment received (rank 0): realistic inputs."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.feeds: dict[str, dict[str, np.ndarray]] = {}
+
+    def _session(self, segment: dict):
+        session, feeds = super()._session(segment), self.feeds
+
+        class _Recording:
+            def run(self, names, inputs):
+                feeds.setdefault(segment["name"], {k: np.array(v) for k, v in inputs.items()})
+                return session.run(names, inputs)
+
+        return _Recording()
+
+
+def segment_feeds(workdir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Each segment's inputs on rank 0 during one synchronous and one asynchronous step of random latents."""
+    sim = _Recorder(workdir)
+    shapes = {i["role"]: i["shape"] for name in GRAPH_SETS for s in sim.manifest.segments(name) for i in s["inputs"]}
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal([*shapes["sample"][:2], shapes["sample"][2] * sim.n, shapes["sample"][3]])
+    enc = rng.standard_normal(shapes["encoder_hidden_states"])
+    added = {k: rng.standard_normal(shapes[k]) for k in ("text_embeds", "time_ids") if k in shapes}
+    for sync in (True, False):
+        sim(sample, [500.0], enc, added or None, sync=sync)
+    return sim.feeds
 
 
 def run_cuda(session, feeds: dict[str, np.ndarray], stream, repeats: int) -> tuple[dict[str, np.ndarray], float]:
@@ -79,10 +99,10 @@ def check(workdir: Path, repeats: int) -> list[dict]:
     build_workdir(workdir, "ort")
     cache = EngineCache(Manifest.load(workdir), get_backend("ort"))
     stream = cp.cuda.Stream(non_blocking=True)
-    rng, rows = np.random.default_rng(0), []
+    inputs, rows = segment_feeds(workdir), []
     for name in GRAPH_SETS:
         for segment in cache.manifest.segments(name):
-            feeds = feeds_for(segment, rng)
+            feeds = inputs[segment["name"]]
             cpu = cache.load(segment, None).run_host(feeds)
             gpu, ms = run_cuda(cache.load(segment, 0, stream=stream.ptr), feeds, stream, repeats)
             errors = {k: rel_err(gpu[k], cpu[k]) for k in cpu}
