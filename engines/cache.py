@@ -109,7 +109,8 @@ class EngineCache:
         engine.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path(engine).unlink(missing_ok=True)
         meta = {"format": FORMAT, "version": VERSION, "segment": segment["name"], "key": key.digest,
-                "fields": key.fields, "stripped": stripped, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "fields": key.fields, "stripped": stripped, "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
                 "io": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "is_input": t.is_input} for t in io]}
         _atomic_write(engine, data)
         _atomic_write(self.meta_path(engine), json.dumps(meta, indent=1).encode())

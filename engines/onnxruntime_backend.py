@@ -146,6 +146,12 @@ class OnnxRuntimeBackend(Backend):
             raise EngineBuildError(f"ONNX Runtime {ort.__version__} could not load {engine_path}: {exc}. Note: "
                                    f"expected a graph prepared by `trt-distri build --backend ort` with its weights "
                                    f"in {weights_dir or Path(engine_path).parent}. Fix: build again") from exc
+        if device is not None and "CUDAExecutionProvider" not in session.get_providers():
+            raise MissingPackageError(
+                f"ONNX Runtime {ort.__version__} fell back to the CPU for {engine_path}: its CUDA provider did not "
+                f"load (see its log above). Note: expected CUDAExecutionProvider, got {session.get_providers()}. "
+                "Fix: install the CUDA and cuDNN libraries onnxruntime-gpu was built for, or call "
+                "onnxruntime.preload_dlls() first where torch brought them")
         return OrtSession(session, device, stream)
 
     @staticmethod

@@ -22,6 +22,7 @@ from trt_distri.export.graph_io import save_model, to_model, write_weights
 from trt_distri.export.manifest import FORMAT, MANIFEST_FILE, VERSION, Manifest, exchange_layout, exchange_range
 from trt_distri.export.partition import partition
 from trt_distri.export.plan import PatchPlan, make_plan
+from trt_distri.export.step_graph import step_graph
 from trt_distri.export.unet_graph import RankGraph
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:
     for set_name, cuts in (("warmup", WARMUP_CUTS), ("steady", steady_cuts(request.gn_mode))):
         sets[set_name] = [_write_segment(seg, offsets, layout, root) for seg in
                           partition(emitted[set_name], cuts, set_name)]
+    step = partition(step_graph(request.batch, unet.config.out_channels, plan.level_rows(0), plan.level_width(0),
+                                request.guidance), set(), "step")[0]
     return {
+        "step": _write_segment(step, offsets, layout, root),
         "format": FORMAT, "version": VERSION, "model": _model_summary(request, unet),
         "precision": request.precision.value, "gn_mode": request.gn_mode.value, "batch": request.batch,
         "guidance": request.guidance, "cfg_split": request.patch_devices != request.gpus, "gpus": request.gpus,

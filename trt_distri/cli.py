@@ -1,7 +1,7 @@
 """`trt-distri` console entry point.
 
 Each subcommand is one `_add_<name>(subparsers)` function that adds its parser and sets `handler`; `SUBCOMMANDS`
-lists them (`build` and `run` will join `export`). Handlers take the parsed arguments and return an exit status.
+lists them (`run` will join `export` and `build`). Handlers take the parsed arguments and return an exit status.
 User errors (`TrtDistriError`) print one line and exit 2; `-v` adds the traceback.
 """
 from __future__ import annotations
@@ -103,8 +103,46 @@ def _export_packages() -> Iterator[None]:
                                   f"Fix: pip install -e '.[export]'") from exc
 
 
+# ---------------------------------------------------------------- build
+def _add_build(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build", help="build the engines of a work directory's graphs",
+                              description="Build every segment of both graph sets into WORKDIR/engines/<backend>/, "
+                                          "one process per GPU; engines already built with the same key are reused.")
+    p.add_argument("workdir", type=Path, metavar="WORKDIR", help="work directory written by `trt-distri export`")
+    p.add_argument("--backend", choices=["trt", "trt-rtx", "ort"], default="trt",
+                   help="trt (TensorRT, on GPUs), trt-rtx (TensorRT-RTX, builds without a GPU) or ort (ONNX "
+                        "Runtime graphs); default trt")
+    p.add_argument("--gpus", type=lambda s: [int(i) for i in s.split(",")], default=None, metavar="I,J,...",
+                   help="GPU indices to build on (default: every GPU nvidia-smi lists)")
+    p.add_argument("--opt-level", type=int, default=None, help="TensorRT builder optimisation level (0-5)")
+    p.add_argument("--workspace-mib", type=int, default=None, help="TensorRT workspace limit in MiB")
+    p.add_argument("--refittable", action="store_true", help="build engines whose weights can be replaced")
+    p.add_argument("--strip-weights", action="store_true",
+                   help="leave weights out of the engines; they are refitted from the graphs when loaded")
+    p.set_defaults(handler=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from trt_distri.engines.build import build_workdir
+    from trt_distri.engines.trt import BuildOptions
+
+    timing_cache = args.workdir / "engines" / args.backend / "timing.cache"
+    options = BuildOptions(optimization_level=args.opt_level, timing_cache=timing_cache,
+                           workspace_bytes=None if args.workspace_mib is None else args.workspace_mib << 20,
+                           refittable=args.refittable, strip_weights=args.strip_weights)
+    report = build_workdir(args.workdir, args.backend, args.gpus, options, progress=_progress_line)
+    logger.info("%d engine(s) built, %d reused, in %.1f s", len(report.built), len(report.reused), report.seconds)
+    print(args.workdir / "engines" / args.backend)
+    return 0
+
+
+def _progress_line(done: int, total: int, label: str, seconds: float) -> None:
+    end = "\n" if done == total or not sys.stderr.isatty() else "\r"
+    print(f"[{done}/{total}] {label} {seconds:.1f} s", end=end, file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------- parser and entry point
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,3 +65,24 @@ def psnr(a, b) -> float:
     mse = float(np.mean((a - b) ** 2))
     peak = float(b.max() - b.min())
     return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def denoise_linear(unet_step: Callable, schedule, inputs: LoopInputs, warmup_steps: int = 4) -> np.ndarray:
+    """The loop as the runtime runs it: a LinearSchedule (trt_distri.schedule) stepped in fp32 on host arrays,
+    guidance combined as uncond + g (cond - uncond). Returns the final latents (1, C, H, W)."""
+    from trt_distri.schedule import step_latents
+
+    guided = inputs.uncond is not None
+    enc = (torch.cat([inputs.uncond, inputs.cond]) if guided else inputs.cond).numpy()
+    added = {k: v.numpy() for k, v in (inputs.added_cond or {}).items()}
+    x = (inputs.latents.numpy() * np.float32(schedule.init_noise_sigma)).astype(np.float32)
+    x_prev, eps_prev = np.zeros_like(x), np.zeros_like(x)
+    batch = 2 if guided else 1
+    sample = np.repeat(x * np.float32(schedule.steps[0].input_scale), batch, axis=0)
+    for i, step in enumerate(schedule.steps):
+        noise = np.asarray(unet_step(sample, np.float32([step.timestep]), enc, added, sync=i <= warmup_steps))
+        eps = noise[:1] + np.float32(inputs.guidance_scale) * (noise[1:] - noise[:1]) if guided else noise
+        x, x_prev, eps_prev = step_latents(step, x, x_prev, eps, eps_prev), x, eps
+        scale = schedule.steps[i + 1].input_scale if i + 1 < len(schedule.steps) else 1.0
+        sample = np.repeat(np.float32(scale) * x, batch, axis=0)
+    return x

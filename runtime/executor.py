@@ -1,0 +1,188 @@
+"""One rank's denoising loop: segments on the compute stream, exchanges on the communication stream.
+
+Ordering (docs/design.md): after a segment that produced fresh tensors, the communication stream waits for it and
+exchanges its byte range; before a segment runs, the compute stream waits for the latest exchange of every
+segment whose entries it reads (and of itself: that exchange still reads the area it is about to write). In the
+steady set a segment reads what it produced one step earlier, so the wait is for the previous step's exchange,
+which had a whole step to finish; in the warm-up set it reads what an earlier segment of this step produced, so
+the exchange is synchronous. The same rule serves both; nothing else orders the streams.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trt_distri.runtime.comm import Communicator
+from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot, nbytes
+from trt_distri.schedule import LinearSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conditioning:
+    """Per-call model inputs of this rank's UNet batch (fp32): see the manifest's model-input roles."""
+
+    encoder_hidden_states: np.ndarray
+    text_embeds: np.ndarray | None = None
+    time_ids: np.ndarray | None = None
+
+
+@dataclass
+class RunOptions:
+    warmup_steps: int = 4  # steps 0..warmup_steps run synchronously
+    no_comm: bool = False  # skip every exchange (diagnostic: the paper's "No Comm." baseline)
+    group: int = 0  # guidance group (0: uncond, 1: cond) when the guidance split applies
+    split: bool = False
+    guidance_scale: float = 5.0
+
+
+@dataclass
+class StepTimes:
+    sync_ms: list[float] = field(default_factory=list)
+    async_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        med = lambda xs: round(statistics.median(xs), 3) if xs else None  # noqa: E731
+        return {"sync_step_ms": med(self.sync_ms), "async_step_ms": med(self.async_ms),
+                "sync_steps": len(self.sync_ms), "async_steps": len(self.async_ms)}
+
+
+class RankExecutor:
+    """Runs the work directory's graphs for one rank; `device` is runtime.host.HostDevice or a CUDA device."""
+
+    def __init__(self, manifest: dict, layout: RankLayout, open_session, device, comm: Communicator,
+                 options: RunOptions) -> None:
+        """`open_session(segment: dict, stream: int)` loads one graph's session for this rank's device."""
+        self.m, self.layout, self.dev, self.comm, self.opt = manifest, layout, device, comm, options
+        self.compute, self.comm_stream = device.stream(), device.stream()
+        segments = [s for segs in manifest["graph_sets"].values() for s in segs]
+        self.sessions = {s["name"]: open_session(s, self.compute) for s in segments}
+        self.sessions["step"] = open_session(manifest["step"], self.compute)
+        self.ptr = {name: device.alloc(size) for name, size in self._buffer_sizes().items()}
+        for name in ("zeros", "area", "gathered"):
+            device.memset(self.ptr[name], 0, layout.buffers[name], self.compute)
+        self.exchanged: dict[tuple[str, int], object] = {}
+        self.times = StepTimes()
+        self._events: list[tuple[bool, object, object]] = []
+        self._latent_bytes = nbytes(self._step_input("latents")["shape"], "float32")
+        self._bind_all()
+
+    def _step_input(self, name: str) -> dict:
+        return next(i for i in self.m["step"]["inputs"] if i["name"] == name)
+
+    # ---- memory ---------------------------------------------------------------------------------------------
+    def _buffer_sizes(self) -> dict[str, int]:
+        sizes = dict(self.layout.buffers)
+        latent = nbytes(self._step_input("latents")["shape"], "float32")
+        sizes.update({k: latent for k in ("latents", "latents_prev", "eps_prev", "latents_next", "eps")})
+        sizes["guided_noise"] = nbytes(self._step_input("noise_pred")["shape"], "float32")
+        sizes["coef_table"] = 6 * 4 * 1024
+        sizes["timestep_table"] = 4 * 1024
+        return sizes
+
+    def address(self, slot: Slot) -> int:
+        return self.ptr[slot.buffer] + slot.offset
+
+    def _step_slots(self) -> dict[str, Slot]:
+        slots = dict(self.layout.step.slots)
+        slots["sample_next"] = Slot("sample")
+        slots["noise_pred"] = Slot("guided_noise" if self.opt.split else "noise_pred")
+        return slots
+
+    def _unet_slots(self, seg: SegmentPlan) -> dict[str, Slot]:
+        slots = dict(seg.slots)
+        if "noise_pred" in slots and self.opt.split:
+            slot_bytes = self.layout.buffers["noise_pred"]
+            slots["noise_pred"] = Slot("guided_noise", self.opt.group * slot_bytes)
+        return slots
+
+    def _bind_all(self) -> None:
+        for segments in self.layout.sets.values():
+            for seg in segments:
+                self._bind(self.sessions[seg.name], self._unet_slots(seg))
+        self._bind(self.sessions["step"], self._step_slots())
+
+    def _bind(self, session, slots: dict[str, Slot]) -> None:
+        for name, slot in slots.items():
+            session.bind(name, self.address(slot))
+
+    # ---- one generation ---------------------------------------------------------------------------------------
+    def generate(self, latents: np.ndarray, cond: Conditioning, schedule: LinearSchedule) -> np.ndarray:
+        """Denoise this rank's patch of `latents` (1, C, rows, W), fp32, already scaled by init_noise_sigma."""
+        self._upload_inputs(latents, cond, schedule)
+        for i, step in enumerate(schedule.steps):
+            sync = i <= self.opt.warmup_steps
+            if i == self.opt.warmup_steps + 1:
+                self.dev.wait(self.compute, self.dev.record(self.comm_stream))  # warm-up exchanges are complete
+            start = self.dev.record(self.compute)
+            self._unet("warmup" if sync else "steady", i)
+            self._scheduler_step(i)
+            self._events.append((sync, start, self.dev.record(self.compute)))
+        self._collect_times()
+        return self._gather(latents.shape)
+
+    def _gather(self, shape) -> np.ndarray:
+        """Every patch of the group, joined by rows: gathered once, at the end."""
+        full = self.dev.alloc(self.comm.size * self._latent_bytes)
+        self.comm.all_gather(self.ptr["latents"], full, self._latent_bytes, self.compute)
+        patches = self.dev.download(full, (self.comm.size,) + tuple(shape), np.float32, self.compute)
+        return np.concatenate(list(patches), axis=2)
+
+    def _upload_inputs(self, latents: np.ndarray, cond: Conditioning, schedule: LinearSchedule) -> None:
+        steps = schedule.steps
+        batch = self.layout.shapes["sample"][0][0]
+        self.dev.upload(self.ptr["latents"], latents.astype(np.float32), self.compute)
+        for name in ("latents_prev", "eps_prev"):
+            self.dev.memset(self.ptr[name], 0, latents.nbytes, self.compute)
+        first = np.repeat(latents * np.float32(steps[0].input_scale), batch, axis=0).astype(np.float32)
+        self.dev.upload(self.ptr["sample"], first, self.compute)
+        coef = [[s.a, s.d, s.b, s.c, self.opt.guidance_scale,
+                 steps[i + 1].input_scale if i + 1 < len(steps) else 1.0] for i, s in enumerate(steps)]
+        self.dev.upload(self.ptr["coef_table"], np.asarray(coef, np.float32), self.compute)
+        self.dev.upload(self.ptr["timestep_table"], np.asarray([s.timestep for s in steps], np.float32),
+                        self.compute)
+        for name, value in (("encoder_hidden_states", cond.encoder_hidden_states), ("text_embeds", cond.text_embeds),
+                            ("time_ids", cond.time_ids)):
+            if name in self.ptr:
+                self.dev.upload(self.ptr[name], np.ascontiguousarray(value, np.float32), self.compute)
+
+    def _unet(self, set_name: str, i: int) -> None:
+        for seg in self.layout.sets[set_name]:
+            for w in seg.waits:
+                event = self.exchanged.get((set_name, w))
+                if event is not None:
+                    self.dev.wait(self.compute, event)
+            session = self.sessions[seg.name]
+            if "timestep" in seg.slots:
+                session.bind("timestep", self.ptr["timestep_table"] + 4 * i)
+            session.run_async(self.compute)
+            start, stop = seg.exchange
+            if stop > start and not self.opt.no_comm:
+                self.dev.wait(self.comm_stream, self.dev.record(self.compute))
+                self.comm.exchange(self.ptr["area"], self.ptr["gathered"], self.layout.area_bytes, start, stop,
+                                   self.comm_stream)
+                self.exchanged[(set_name, seg.index)] = self.dev.record(self.comm_stream)
+
+    def _scheduler_step(self, i: int) -> None:
+        if self.opt.split:
+            slot = self.layout.buffers["noise_pred"]
+            own = self.ptr["guided_noise"] + self.opt.group * slot
+            other = self.ptr["guided_noise"] + (1 - self.opt.group) * slot
+            self.comm.swap_with_partner(own, other, slot, self.compute)
+        step = self.sessions["step"]
+        step.bind("coef", self.ptr["coef_table"] + 24 * i)
+        step.run_async(self.compute)
+        for dst, src in (("latents_prev", "latents"), ("latents", "latents_next"), ("eps_prev", "eps")):
+            self.dev.copy(self.ptr[dst], self.ptr[src], self._latent_bytes, self.compute)
+
+    def _collect_times(self) -> None:
+        self.dev.synchronize(self.compute)
+        for sync, start, end in self._events:
+            ms = self.dev.elapsed_ms(start, end)
+            if ms is not None:
+                (self.times.sync_ms if sync else self.times.async_ms).append(ms)
+        self._events.clear()

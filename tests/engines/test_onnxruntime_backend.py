@@ -1,0 +1,74 @@
+"""The ONNX Runtime backend on the tiny model's exported graphs: the export simulator run through engine sessions
+gives the simulator's outputs; attention is rewritten for ORT's fused kernels; loading imports no torch or onnx."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from trt_distri.config import GNMode, Precision
+from trt_distri.engines.backend import BuildOptions, get_backend
+from trt_distri.engines.build import build_workdir
+from trt_distri.engines.cache import EngineCache
+from trt_distri.export.simulate import Simulator
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
+from export_helpers import export_tiny, unet_inputs  # noqa: E402
+
+from test_trt_build import _tiny_graph  # noqa: E402
+
+
+class _EngineSimulator(Simulator):
+    """The export simulator with each segment run by a session loaded from the ORT engine cache."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.cache = EngineCache(self.manifest, get_backend("ort"))
+
+    def _session(self, segment: dict):
+        if segment["name"] not in self._sessions:
+            session = self.cache.load(segment, None)
+
+            class _Adapter:  # the simulator calls run(output names, feeds) like an InferenceSession
+                def run(self, names, feeds):
+                    outputs = session.run_host(feeds)
+                    return [outputs[n] for n in names]
+
+            self._sessions[segment["name"]] = _Adapter()
+        return self._sessions[segment["name"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,tol", [(Precision.FP16, 5e-3), (Precision.FP32, 1e-5)], ids=["fp16", "fp32"])
+def test_engine_sessions_match_the_export_simulator(tiny_sdxl, tmp_path, rel_err, precision, tol):
+    workdir = export_tiny(tiny_sdxl, "tiny-sdxl", tmp_path, 2, 64, 64, GNMode.CORRECTED_ASYNC, precision)
+    build_workdir(workdir, "ort")
+    reference, engines = Simulator(workdir), _EngineSimulator(workdir)
+    sample, timestep, enc, added = (x.numpy() if hasattr(x, "numpy") else x for x in
+                                    unet_inputs(tiny_sdxl, "tiny-sdxl", 64, 64, 2))
+    added = {k: v.numpy() for k, v in added.items()}
+    for sync in (True, False, False):  # warm-up set, then the steady set twice
+        want = reference(sample, timestep, enc, added, sync=sync)
+        assert rel_err(engines(sample, timestep, enc, added, sync=sync), want) < tol
+
+
+def test_attention_becomes_multi_head_attention(tmp_path: Path) -> None:
+    graph = _tiny_graph(tmp_path / "g.onnx", np.float16)
+    engine, _ = get_backend("ort").build(graph, BuildOptions())
+    model = onnx.ModelProto.FromString(engine)
+    ops = [(n.domain, n.op_type) for n in model.graph.node]
+    assert ("com.microsoft", "MultiHeadAttention") in ops and ("", "Attention") not in ops
+    assert {i.data_location for i in model.graph.initializer if i.name == "conv_in.weight"} == \
+        {onnx.TensorProto.EXTERNAL}  # weights stay in weights.bin
+
+
+def test_loading_engines_imports_no_torch_onnx_or_diffusers() -> None:
+    code = ("import sys, trt_distri.engines.cache, trt_distri.engines.onnxruntime_backend, "
+            "trt_distri.engines.tensorrt_backend; "
+            "print(sorted(m for m in ('torch', 'onnx', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
