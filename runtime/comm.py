@@ -24,7 +24,9 @@ class Communicator(abc.ABC):
     size: int
 
     @abc.abstractmethod
-    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int) -> None: ...
+    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int,
+                 own: list[tuple[int, int]] | None = None) -> None:
+        """Peers' slots get [start, stop); the own slot gets at least the `own` byte ranges (None: all of it)."""
 
     @abc.abstractmethod
     def all_gather(self, src: int, dst: int, nbytes: int, stream: int) -> None:
@@ -79,7 +81,8 @@ class LocalComm(Communicator):
         posted = dict(self.shared.posted)
         return posted
 
-    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int) -> None:
+    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int,
+                 own: list[tuple[int, int]] | None = None) -> None:
         posted = self._collect((area,))
         for j in range(self.size):
             (src,) = posted[self._first + j]

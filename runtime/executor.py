@@ -113,6 +113,7 @@ class RankExecutor:
     # ---- one generation ---------------------------------------------------------------------------------------
     def generate(self, latents: np.ndarray, cond: Conditioning, schedule: LinearSchedule) -> np.ndarray:
         """Denoise this rank's patch of `latents` (1, C, rows, W), fp32, already scaled by init_noise_sigma."""
+        self.times = StepTimes()
         self._upload_inputs(latents, cond, schedule)
         for i, step in enumerate(schedule.steps):
             sync = i <= self.opt.warmup_steps
@@ -164,7 +165,7 @@ class RankExecutor:
             if stop > start and not self.opt.no_comm:
                 self.dev.wait(self.comm_stream, self.dev.record(self.compute))
                 self.comm.exchange(self.ptr["area"], self.ptr["gathered"], self.layout.area_bytes, start, stop,
-                                   self.comm_stream)
+                                   self.comm_stream, seg.own)
                 self.exchanged[(set_name, seg.index)] = self.dev.record(self.comm_stream)
 
     def _scheduler_step(self, i: int) -> None:
@@ -181,8 +182,11 @@ class RankExecutor:
 
     def _collect_times(self) -> None:
         self.dev.synchronize(self.compute)
+        self.dev.synchronize(self.comm_stream)
         for sync, start, end in self._events:
             ms = self.dev.elapsed_ms(start, end)
             if ms is not None:
                 (self.times.sync_ms if sync else self.times.async_ms).append(ms)
         self._events.clear()
+        self.exchanged.clear()
+        self.dev.release_events()

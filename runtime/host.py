@@ -59,6 +59,9 @@ class HostDevice:
     def elapsed_ms(self, start, end) -> float | None:
         return None
 
+    def release_events(self) -> None:
+        return None
+
     def close(self) -> None:
         self._buffers.clear()
 

@@ -30,6 +30,7 @@ class SegmentPlan:
     index: int
     slots: dict[str, Slot]  # every input and output name -> address
     exchange: tuple[int, int]  # byte range of the exchange area this segment produces
+    own: list[tuple[int, int]]  # parts of that range that this rank itself reads back (from its own slot)
     waits: list[int]  # indices (same set) whose latest exchange must be complete before this segment runs
 
 
@@ -44,6 +45,7 @@ class RankLayout:
     sets: dict[str, list[SegmentPlan]] = field(default_factory=dict)
     step: SegmentPlan | None = None
     shapes: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+    read_own: set[str] = field(default_factory=set)
 
     @classmethod
     def from_manifest(cls, data: dict, rank: int) -> "RankLayout":
@@ -51,6 +53,8 @@ class RankLayout:
         layout = cls(rank, n, data["exchange"]["bytes"])
         layout.buffers.update({"area": layout.area_bytes, "gathered": n * layout.area_bytes})
         entries = {e["name"]: e for e in data["exchange"]["entries"]}
+        layout.read_own = {i["source"]["entry"] for segs in data["graph_sets"].values() for seg in segs
+                           for i in seg["inputs"] if i["role"] == "stale" and i["source"]["peer"] == 0}
         layout.buffers["zeros"] = max([e["nbytes"] for e in entries.values()] + [_ALIGN])
         for set_name, segments in data["graph_sets"].items():
             layout.sets[set_name] = [layout._plan(seg, i, segments, entries) for i, seg in enumerate(segments)]
@@ -74,7 +78,9 @@ class RankLayout:
         start, stop = seg.get("exchange_range", (0, 0))
         if stop > start:
             waits.add(index)  # its previous exchange still reads the area this run writes
-        return SegmentPlan(seg["name"], seg["file"], index, slots, (start, stop), sorted(waits))
+        own = [(entries[o["name"]]["offset"], entries[o["name"]]["offset"] + entries[o["name"]]["nbytes"])
+               for o in seg["outputs"] if o["name"] in self.read_own]
+        return SegmentPlan(seg["name"], seg["file"], index, slots, (start, stop), own, sorted(waits))
 
     def _stale_slot(self, spec: dict, entries: dict) -> Slot:
         src = spec["source"]

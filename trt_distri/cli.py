@@ -1,7 +1,7 @@
 """`trt-distri` console entry point.
 
 Each subcommand is one `_add_<name>(subparsers)` function that adds its parser and sets `handler`; `SUBCOMMANDS`
-lists them (`run` will join `export` and `build`). Handlers take the parsed arguments and return an exit status.
+lists them (`run` lives in cli_run.py). Handlers take the parsed arguments and return an exit status.
 User errors (`TrtDistriError`) print one line and exit 2; `-v` adds the traceback.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from trt_distri import __version__, log
+from trt_distri.cli_run import add_run
 from trt_distri.config import DEFAULT_MODEL, ExportRequest, GNMode, Precision
 from trt_distri.errors import MissingPackageError, TrtDistriError, UnsplittableError
 
@@ -142,7 +143,7 @@ def _progress_line(done: int, total: int, label: str, seconds: float) -> None:
 
 
 # ---------------------------------------------------------------- parser and entry point
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

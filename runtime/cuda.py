@@ -1,0 +1,112 @@
+"""A CUDA device through cuda-python's runtime bindings, with the interface of runtime.host.HostDevice.
+
+Pointers and streams are plain ints everywhere else in the runtime (sessions bind ints, NCCL takes ints); this
+module wraps them into cuda-python's handle types at the call. Every call's status is checked.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from trt_distri.errors import MissingPackageError, TrtDistriError
+
+
+class CudaError(TrtDistriError):
+    """A CUDA runtime call failed."""
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise MissingPackageError("the GPU runtime needs cuda-python. Fix: pip install cuda-python") from None
+    return cudart
+
+
+class CudaDevice:
+    kind = "cuda"
+
+    def __init__(self, index: int) -> None:
+        self.rt = _cudart()
+        self.index = index
+        self._check(self.rt.cudaSetDevice(index), "cudaSetDevice")
+        self._allocs: list[int] = []
+        self._events: list[object] = []
+        self._streams: list[object] = []
+
+    def _check(self, result, what: str):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            name = self.rt.cudaGetErrorString(err)[1].decode() if hasattr(self.rt, "cudaGetErrorString") else err
+            raise CudaError(f"{what} failed on GPU {self.index}: {name}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def _stream(self, stream: int):
+        return self.rt.cudaStream_t(int(stream))
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = int(self._check(self.rt.cudaMalloc(max(int(nbytes), 256)), f"cudaMalloc({nbytes} bytes)"))
+        self._allocs.append(ptr)
+        return ptr
+
+    def copy(self, dst: int, src: int, nbytes: int, stream: int = 0) -> None:
+        if nbytes:
+            kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+            self._check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream(stream)), "cudaMemcpyAsync")
+
+    def memset(self, ptr: int, value: int, nbytes: int, stream: int = 0) -> None:
+        if nbytes:
+            self._check(self.rt.cudaMemsetAsync(ptr, value, nbytes, self._stream(stream)), "cudaMemsetAsync")
+
+    def upload(self, ptr: int, array: np.ndarray, stream: int = 0) -> None:
+        """Host -> device; waits for the copy so that `array` may be freed by the caller."""
+        array = np.ascontiguousarray(array)
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, kind, self._stream(stream)),
+                    "cudaMemcpyAsync H2D")
+        self.synchronize(stream)
+
+    def download(self, ptr: int, shape, dtype, stream: int = 0) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, kind, self._stream(stream)),
+                    "cudaMemcpyAsync D2H")
+        self.synchronize(stream)
+        return out
+
+    def stream(self) -> int:
+        s = self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking), "cudaStreamCreate")
+        self._streams.append(s)
+        return int(s)
+
+    def record(self, stream: int):
+        event = self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
+        self._events.append(event)
+        self._check(self.rt.cudaEventRecord(event, self._stream(stream)), "cudaEventRecord")
+        return event
+
+    def wait(self, stream: int, event) -> None:
+        self._check(self.rt.cudaStreamWaitEvent(self._stream(stream), event, 0), "cudaStreamWaitEvent")
+
+    def synchronize(self, stream: int) -> None:
+        self._check(self.rt.cudaStreamSynchronize(self._stream(stream)), "cudaStreamSynchronize")
+
+    def elapsed_ms(self, start, end) -> float:
+        return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+
+    def peak_memory(self) -> int:
+        free, total = self._check(self.rt.cudaMemGetInfo(), "cudaMemGetInfo")
+        return int(total) - int(free)
+
+    def release_events(self) -> None:
+        for event in self._events:
+            self.rt.cudaEventDestroy(event)
+        self._events.clear()
+
+    def close(self) -> None:
+        self.release_events()
+        for ptr in self._allocs:
+            self.rt.cudaFree(ptr)
+        self._allocs.clear()

@@ -1,0 +1,76 @@
+"""The GPU path: one process per GPU (runtime.launch), CUDA memory and streams (runtime.cuda), NCCL (runtime.nccl)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.runtime.cuda import CudaDevice
+from trt_distri.runtime.executor import RankExecutor, RunOptions
+from trt_distri.runtime.generation import GenerationInputs, Topology, rank_inputs
+from trt_distri.runtime.launch import WorkerSpec, supervise
+from trt_distri.runtime.layout import RankLayout
+from trt_distri.runtime.nccl import NcclComm, NcclLibrary
+from trt_distri.runtime.sessions import session_opener
+
+
+def gpu_worker(spec: WorkerSpec) -> dict:
+    """One rank: load sessions on its GPU, join the communicators, generate `repeats` times."""
+    p = spec.payload
+    data = json.loads((Path(p["workdir"]) / "manifest.json").read_text())
+    topo = Topology.from_manifest(data)
+    group, rank = topo.place(spec.world_rank)
+    device = CudaDevice(spec.device)
+    start = time.perf_counter()
+    comm = NcclComm(NcclLibrary(), device, p["ids"][group], rank, topo.devices, p["ids"][-1], spec.world_rank,
+                    topo.world)
+    opt: RunOptions = p["options"]
+    opts = RunOptions(opt.warmup_steps, opt.no_comm, group, topo.groups == 2, p["inputs"].guidance_scale)
+    executor = RankExecutor(data, RankLayout.from_manifest(data, rank),
+                            session_opener(Path(p["workdir"]), p["backend"], spec.device), device, comm, opts)
+    load_s = time.perf_counter() - start
+    latents, cond = rank_inputs(p["inputs"], data, spec.world_rank)
+    runs = []
+    for _ in range(p.get("repeats", 1)):
+        t0 = time.perf_counter()
+        out = executor.generate(latents, cond, p["inputs"].schedule)
+        runs.append({"wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
+    comm.close()
+    return {"latents": out if spec.world_rank == 0 else None, "load_s": round(load_s, 2), "runs": runs,
+            "device_bytes_used": device.peak_memory(), "gpu": spec.device}
+
+
+def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
+             backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0) -> tuple[np.ndarray, list[dict]]:
+    """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns latents and rank reports."""
+    data = json.loads((Path(workdir) / "manifest.json").read_text())
+    topo = Topology.from_manifest(data)
+    if len(gpus) != topo.world:
+        from trt_distri.errors import ConfigError
+
+        raise ConfigError(f"the work directory is exported for {topo.world} GPUs ({topo.groups} guidance group(s) of "
+                          f"{topo.devices}). Note: expected {topo.world} GPUs, got {len(gpus)}. Fix: pass --gpus "
+                          f"{topo.world}, or export again with --gpus {len(gpus)}")
+    lib = NcclLibrary()
+    ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
+    payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids,
+               "repeats": repeats}
+    specs = [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)]
+    reports = supervise(gpu_worker, specs, timeout_s=timeout_s)
+    return reports[0]["latents"], reports
+
+
+def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, rendezvous: Path,
+                      backend: str = "ort") -> tuple[np.ndarray | None, dict]:
+    """This process is one rank started by torchrun/srun/mpirun; NCCL ids meet in the `rendezvous` directory."""
+    from trt_distri.runtime.launch import launcher_env, rendezvous_ids
+
+    env = launcher_env()
+    data = json.loads((Path(workdir) / "manifest.json").read_text())
+    groups = Topology.from_manifest(data).groups
+    ids = rendezvous_ids(rendezvous, env.world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
+    payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids}
+    report = gpu_worker(WorkerSpec(env.world_rank, env.local_rank, payload))
+    return report["latents"], report

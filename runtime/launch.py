@@ -1,0 +1,131 @@
+"""One process per GPU: start, supervise, collect; and the same worker under torchrun / srun / mpirun.
+
+`supervise` is the safety net: a worker that raises reports its error and exits; one that dies (killed, a crash in
+a library) is seen by its exit code. Either way the others are terminated within `grace_s` (then killed), so a
+rank blocked in a collective whose peer is gone never hangs the run. Ctrl-C stops every worker the same way.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from trt_distri.errors import ConfigError
+from trt_distri.runtime.comm import RankFailedError
+
+log = logging.getLogger(__name__)
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0"}  # NVLink multicast off (it can take shared GPUs down)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    world_rank: int
+    device: int  # CUDA device index on this host
+    payload: dict  # what the target needs (picklable)
+
+
+def _entry(target, spec: WorkerSpec, results) -> None:
+    os.environ.update(SAFE_ENV)
+    os.environ["RANK"] = str(spec.world_rank)
+    try:
+        results.put(("ok", spec.world_rank, target(spec)))
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
+        detail = traceback.format_exc(limit=4)
+        results.put(("error", spec.world_rank, f"{type(exc).__name__}: {exc}", detail))
+        raise SystemExit(1) from None
+
+
+def supervise(target, specs: list[WorkerSpec], timeout_s: float = 3600.0, grace_s: float = 10.0) -> list:
+    """Run `target(spec)` in one spawned process per spec; return their results in world-rank order."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_entry, args=(target, s, results), name=f"trt-distri-rank{s.world_rank}")
+             for s in specs]
+    for p in procs:
+        p.start()
+    done: dict[int, object] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(done) < len(specs):
+            _check_deadline(deadline, timeout_s)
+            try:
+                msg = results.get(timeout=0.2)
+            except queue.Empty:
+                _check_exits(procs, done)
+                continue
+            if msg[0] == "error":
+                log.debug("rank %d traceback:\n%s", msg[1], msg[3])
+                raise RankFailedError(f"rank {msg[1]} failed: {msg[2]}")
+            done[msg[1]] = msg[2]
+    finally:
+        _stop(procs, grace_s)
+    return [done[s.world_rank] for s in specs]
+
+
+def _check_deadline(deadline: float, timeout_s: float) -> None:
+    if time.monotonic() > deadline:
+        raise RankFailedError(f"the workers did not finish within {timeout_s:.0f} s. Fix: raise --timeout, or look "
+                              "for a rank that is stuck (run with -v)")
+
+
+def _check_exits(procs, done: dict) -> None:
+    for rank, p in enumerate(procs):
+        if not p.is_alive() and rank not in done:
+            raise RankFailedError(f"rank {rank} exited with code {p.exitcode} before finishing (killed, or a crash "
+                                  "below Python); the other ranks were stopped")
+
+
+def _stop(procs, grace_s: float) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    end = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
+# ---- external launchers ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LauncherEnv:
+    world_rank: int
+    world_size: int
+    local_rank: int
+
+
+def launcher_env(environ=os.environ) -> LauncherEnv:
+    """RANK/WORLD_SIZE/LOCAL_RANK (torchrun), SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun), or Open MPI's."""
+    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+                              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")):
+        if rank in environ and size in environ:
+            return LauncherEnv(int(environ[rank]), int(environ[size]), int(environ.get(local, environ[rank])))
+    raise ConfigError("no launcher environment found. Note: expected RANK and WORLD_SIZE (torchrun), SLURM_PROCID "
+                      "and SLURM_NTASKS (srun) or OMPI_COMM_WORLD_RANK/SIZE (mpirun). Fix: start the workers with "
+                      "one of those, or use `trt-distri run --gpus N` on one machine")
+
+
+def rendezvous_ids(directory: Path, rank: int, make_ids, timeout_s: float = 300.0) -> list[bytes]:
+    """NCCL unique ids through a shared directory: rank 0 writes them (atomically), the others wait for them."""
+    path = Path(directory) / "nccl-ids.bin"
+    if rank == 0:
+        ids = make_ids()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(b"".join(ids))
+        os.replace(tmp, path)
+        return ids
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise RankFailedError(f"rank {rank} waited {timeout_s:.0f} s for {path} from rank 0. Fix: give every "
+                                  "rank the same --rendezvous directory on a shared file system")
+        time.sleep(0.1)
+    data = path.read_bytes()
+    return [data[i:i + 128] for i in range(0, len(data), 128)]
