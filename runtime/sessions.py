@@ -1,21 +1,44 @@
-"""Open a work directory's graphs as sessions of a backend, for one device (None: the CPU)."""
+"""Open a work directory's graphs as sessions of a backend, for one device (None: the CPU).
+
+Engines come from the engine cache (`trt-distri build`) when it holds this backend's; ONNX Runtime can also run
+the exported graphs as they are. The scheduler's step graph is tiny and always run from its ONNX file, by ONNX
+Runtime where the backend cannot read ONNX.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from trt_distri.engines.backend import get_backend
+from trt_distri.engines.cache import EngineCache
+from trt_distri.errors import ManifestError
+from trt_distri.export.manifest import Manifest
 from trt_distri.runtime.host import HostBoundSession, HostDevice
 
 
 def session_opener(workdir: Path, backend_name: str, device_index: int | None, host: HostDevice | None = None):
     """A callable(segment, stream) -> session with bind/run_async, for RankExecutor."""
     backend = get_backend(backend_name)
-    weights = Path(workdir) / "graphs"
+    manifest = Manifest.load(workdir)
+    cache = EngineCache(manifest, backend)
+    built = cache.root.is_dir()
+    onnx_runner = backend if backend.capabilities().engine_suffix == ".onnx" else get_backend("ort")
 
     def open_session(segment: dict, stream: int):
-        path = Path(workdir) / segment["file"]
-        session = backend.load(path, device_index, weights_dir=weights,
-                               stream=stream if device_index is not None else None)
+        if segment["name"].startswith("step"):
+            session = _raw(onnx_runner, manifest, segment, device_index, stream)
+        elif built:
+            session = cache.load(segment, device_index, stream if device_index is not None else None)
+        elif backend is onnx_runner:
+            session = _raw(backend, manifest, segment, device_index, stream)
+        else:
+            raise ManifestError(f"{workdir} has no {backend_name} engines. Fix: run `trt-distri build {workdir} "
+                                f"--backend {backend_name}` first")
         return HostBoundSession(session, host) if device_index is None else session
 
     return open_session
+
+
+def _raw(backend, manifest: Manifest, segment: dict, device_index: int | None, stream: int):
+    path = manifest.graph_path(segment)
+    return backend.load(path, device_index, weights_dir=path.parent,
+                        stream=stream if device_index is not None else None)
