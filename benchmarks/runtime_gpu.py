@@ -73,14 +73,13 @@ def sdxl_overhead(root: Path, size: int, devices: list[int], steps: int, warmup:
         data = json.loads((workdir / "manifest.json").read_text())
         inputs = random_inputs(data, steps, "ddim", 5.0, seed=0)
         row = {"size": size, "devices": n, "steps": steps, "warmup_steps": warmup}
-        for label, no_comm in (("exchange", False), ("no_comm", True)):
-            _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=warmup, no_comm=no_comm),
-                                  list(range(n)), repeats=2)
-            last = [r["runs"][-1] for r in reports]
-            row[label] = {"sync_step_ms": max(r["sync_step_ms"] for r in last),
-                          "async_step_ms": max(r["async_step_ms"] for r in last),
-                          "wall_s": max(r["wall_s"] for r in last), "load_s": max(r["load_s"] for r in reports),
-                          "device_gib_used": round(max(r["device_bytes_used"] for r in reports) / 2**30, 1)}
+        _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=warmup), list(range(n)), repeats=2,
+                              variants=[("exchange", False), ("no_comm", True)])
+        row["load_s"] = max(r["load_s"] for r in reports)
+        row["device_gib_used"] = round(max(r["device_bytes_used"] for r in reports) / 2**30, 1)
+        for label in ("exchange", "no_comm"):
+            last = [[run for run in r["runs"] if run["variant"] == label][-1] for r in reports]  # warmed up
+            row[label] = {key: max(run[key] for run in last) for key in ("sync_step_ms", "async_step_ms", "wall_s")}
         row["async_overhead_pct"] = round(100 * (row["exchange"]["async_step_ms"] /
                                                  row["no_comm"]["async_step_ms"] - 1), 2)
         row["exchange_mb_per_rank_step"] = round(data["exchange"]["bytes"] * (n - 1) / 1e6, 1)

@@ -33,17 +33,20 @@ def gpu_worker(spec: WorkerSpec) -> dict:
     load_s = time.perf_counter() - start
     latents, cond = rank_inputs(p["inputs"], data, spec.world_rank)
     runs = []
-    for _ in range(p.get("repeats", 1)):
-        t0 = time.perf_counter()
-        out = executor.generate(latents, cond, p["inputs"].schedule)
-        runs.append({"wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
+    for label, no_comm in p.get("variants") or [("run", opt.no_comm)]:  # e.g. with and without the exchange
+        executor.opt.no_comm = no_comm
+        for _ in range(p.get("repeats", 1)):
+            t0 = time.perf_counter()
+            out = executor.generate(latents, cond, p["inputs"].schedule)
+            runs.append({"variant": label, "wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
     comm.close()
     return {"latents": out if spec.world_rank == 0 else None, "load_s": round(load_s, 2), "runs": runs,
             "device_bytes_used": device.peak_memory(), "gpu": spec.device}
 
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
-             backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0) -> tuple[np.ndarray, list[dict]]:
+             backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0,
+             variants: list[tuple[str, bool]] | None = None) -> tuple[np.ndarray, list[dict]]:
     """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns latents and rank reports."""
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     topo = Topology.from_manifest(data)
@@ -56,7 +59,7 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
     lib = NcclLibrary()
     ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
     payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids,
-               "repeats": repeats}
+               "repeats": repeats, "variants": variants}
     specs = [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)]
     reports = supervise(gpu_worker, specs, timeout_s=timeout_s)
     return reports[0]["latents"], reports
