@@ -20,18 +20,25 @@ def _err_lines(capsys) -> list[str]:
 
 @pytest.fixture
 def fake_exporter(monkeypatch, tmp_path):
-    """Stands in for trt_distri.export.exporter: records the request, or raises `fake_exporter.error`."""
+    """Stands in for trt_distri.export.exporter and .pipeline_export: records the request (and which exporter got
+    it in `calls`), or raises `fake_exporter.error`."""
     module = types.ModuleType("trt_distri.export.exporter")
-    module.requests, module.error = [], None
+    module.requests, module.calls, module.error = [], [], None
 
-    def export_unet(request: ExportRequest) -> Path:
-        module.requests.append(request)
-        if module.error is not None:
-            raise module.error
-        return request.out_dir / "manifest.json"
+    def recorder(name: str):
+        def export(request: ExportRequest) -> Path:
+            module.requests.append(request)
+            module.calls.append(name)
+            if module.error is not None:
+                raise module.error
+            return request.out_dir / "manifest.json"
+        return export
 
-    module.export_unet = export_unet
+    module.export_unet = recorder("export_unet")
+    pipeline = types.ModuleType("trt_distri.export.pipeline_export")
+    pipeline.export_pipeline = recorder("export_pipeline")
     monkeypatch.setitem(sys.modules, "trt_distri.export.exporter", module)
+    monkeypatch.setitem(sys.modules, "trt_distri.export.pipeline_export", pipeline)
     return module
 
 
@@ -99,6 +106,12 @@ def test_export_defaults(fake_exporter):
     assert main(["export"]) == 0
     assert fake_exporter.requests == [ExportRequest(model="random:tiny-sdxl", height=256, width=256, gpus=1,
                                                     out_dir=Path("trt-distri-work"))]
+    assert fake_exporter.calls == ["export_pipeline"]
+
+
+def test_unet_only_and_random_weights_pick_the_exporter(fake_exporter):
+    assert main(["export", "--random-weights", "sd15", "--height", "512", "--unet-only"]) == 0
+    assert fake_exporter.requests[-1].model == "random:sd15" and fake_exporter.calls == ["export_unet"]
 
 
 @pytest.mark.parametrize("error, code, expected", [

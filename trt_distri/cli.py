@@ -16,8 +16,9 @@ from pathlib import Path
 
 from trt_distri import __version__, log
 from trt_distri.cli_run import add_run
-from trt_distri.config import DEFAULT_MODEL, ExportRequest, GNMode, Precision
-from trt_distri.errors import MissingPackageError, TrtDistriError, UnsplittableError
+from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
+from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
+from trt_distri.models import UNET_CONFIGS
 
 PROG = "trt-distri"
 EXIT_USER_ERROR = 2
@@ -34,10 +35,15 @@ logger = logging.getLogger(__name__)
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export the per-patch UNet graphs and manifest into a work directory",
                               description="Export a UNet as per-patch ONNX graphs plus manifest.json "
-                                          "(docs/design.md).")
+                                          "(docs/design.md); from a pipeline (a folder with model_index.json, or "
+                                          "random:<name>) also its text encoders, VAE decoder and tokenizers.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
-                   help="local diffusers folder (pipeline or UNet) or a shipped config as random:<name> "
+                   help="local diffusers folder (pipeline or UNet) or a shipped architecture with random weights "
+                        "as random:<name> "
                         f"(random:sdxl, random:sd15, random:tiny-sd, random:tiny-sdxl); default {DEFAULT_MODEL}")
+    p.add_argument("--random-weights", choices=sorted(UNET_CONFIGS), default=None, metavar="NAME",
+                   help="the shipped architecture NAME (sdxl, sd15, tiny-sdxl, tiny-sd) with random weights; "
+                        "the same as MODEL random:NAME")
     p.add_argument("--height", type=int, default=256, help="image height in pixels (default 256)")
     p.add_argument("--width", type=int, default=256, help="image width in pixels (default 256)")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs the engines will run on (default 1)")
@@ -51,6 +57,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gn-mode", choices=[m.value for m in GNMode], default=GNMode.CORRECTED_ASYNC.value,
                    help="how GroupNorm statistics are combined across patches (default corrected-async)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights for random:<name> (default 0)")
+    p.add_argument("--unet-only", action="store_true",
+                   help="export the UNet alone, without the text encoders, VAE decoder and tokenizers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing work directory")
     p.add_argument("-o", "--out", dest="out_dir", type=Path, default=Path("trt-distri-work"), metavar="WORKDIR",
                    help="work directory to write (default trt-distri-work)")
@@ -58,10 +66,16 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export_request(args: argparse.Namespace) -> ExportRequest:
-    return ExportRequest(model=args.model, height=args.height, width=args.width, gpus=args.gpus,
+    model = args.model
+    if args.random_weights:
+        if model != DEFAULT_MODEL:
+            raise ConfigError(f"both MODEL ({model}) and --random-weights {args.random_weights} were given. "
+                              "Fix: pass one of them")
+        model = RANDOM_PREFIX + args.random_weights
+    return ExportRequest(model=model, height=args.height, width=args.width, gpus=args.gpus,
                          out_dir=args.out_dir, cfg_split=args.cfg_split is not False, guidance=args.guidance,
                          precision=Precision(args.dtype), gn_mode=GNMode(args.gn_mode), overwrite=args.overwrite,
-                         seed=args.seed)
+                         seed=args.seed, unet_only=args.unet_only)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -84,9 +98,11 @@ def _run_export(args: argparse.Namespace) -> int:
                 request.model, request.height, request.width, request.gpus, request.patch_devices, request.batch,
                 request.precision.value, request.gn_mode.value, request.out_dir)
     with _export_packages():
-        from trt_distri.export.exporter import export_unet
-
-        manifest = export_unet(request)
+        if request.exports_pipeline:
+            from trt_distri.export.pipeline_export import export_pipeline as export
+        else:
+            from trt_distri.export.exporter import export_unet as export
+        manifest = export(request)
     print(manifest)
     return 0
 

@@ -1,12 +1,14 @@
-"""`trt-distri run`: denoise with an exported work directory over the GPUs of this machine, or on the CPU.
+"""`trt-distri run`: generate an image from a prompt with an exported work directory, over the GPUs of this machine
+or on the CPU.
 
-Until text encoders land (issue 5), the conditioning is seeded random text embeddings of the model's shape; the
-output is the final latents (.npy). Everything else is the real path: engines, exchange, scheduler, gather.
+With --prompt: text encoders, the distributed UNet loop and the VAE decoder (trt_distri.pipeline) write a PNG, or
+the latents (.npy) with --output-type latent. Without a WORKDIR, the embedded tiny pipeline is created once and
+used (trt_distri.embedded). Without --prompt, the UNet is conditioned on seeded random embeddings and the latents
+are written: for work directories exported with --unet-only, and for benchmarks.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -20,15 +22,23 @@ logger = logging.getLogger(__name__)
 
 
 def add_run(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="generate latents with an exported work directory",
+    p = subparsers.add_parser("run", help="generate an image (or latents) with an exported work directory",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("workdir", type=Path, metavar="WORKDIR")
+    p.add_argument("workdir", type=Path, nargs="?", default=None, metavar="WORKDIR",
+                   help="work directory from `trt-distri export` (default: the embedded tiny pipeline; needs "
+                        "--prompt)")
+    p.add_argument("--prompt", default=None, help="text prompt (without it: random conditioning, latents out)")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    p.add_argument("--output-type", choices=["image", "latent"], default="image",
+                   help="image: a PNG (default); latent: the final latents as .npy")
+    p.add_argument("--height", type=int, default=None, help="checked against the work directory's height")
+    p.add_argument("--width", type=int, default=None, help="checked against the work directory's width")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="cuda: one process per GPU (default where GPUs exist); cpu: every rank in this process")
     p.add_argument("--gpus", type=str, default=None, help="GPU indices, e.g. 0,1,2,3 (default: the first N, "
                                                            "N = what the work directory was exported for)")
     p.add_argument("--backend", choices=["ort", "trt", "trt-rtx"], default="ort")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--warmup-steps", type=int, default=4, help="synchronous steps after step 0 (default 4)")
     p.add_argument("--scheduler", choices=["ddim", "euler", "dpm++"], default="ddim")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
@@ -38,48 +48,69 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--launcher", choices=["local", "env"], default="local",
                    help="env: this process is one rank of torchrun/srun/mpirun (needs --rendezvous)")
     p.add_argument("--rendezvous", type=Path, default=None, help="shared directory where ranks meet (--launcher env)")
-    p.add_argument("-o", "--out", type=Path, default=Path("latents.npy"), help="where to write the latents")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="output file (default image.png, or latents.npy for latents)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    data = _manifest(args.workdir)
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"{args.out} already exists. Fix: pass --overwrite, or choose another -o")
-    inputs = random_inputs(data, args.steps, args.scheduler, args.guidance, args.seed)
-    from trt_distri.runtime.executor import RunOptions
+    latent_out = args.output_type == "latent" or args.prompt is None
+    out = args.out or Path("latents.npy" if latent_out else "image.png")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists. Fix: pass --overwrite, or choose another -o")
+    if args.prompt is None and args.workdir is None:
+        raise ConfigError("nothing to run. Note: expected a WORKDIR, --prompt, or both. Fix: trt-distri run "
+                          "--prompt \"a red fox\" (the embedded tiny pipeline), or trt-distri run WORKDIR --prompt ...")
+    from trt_distri.pipeline import make_target
 
-    options = RunOptions(warmup_steps=args.warmup_steps, no_comm=args.no_comm)
-    start = time.perf_counter()
-    latents, reports = _generate(args, data, inputs, options)
-    seconds = time.perf_counter() - start
-    if latents is not None:
-        _save_atomic(args.out, latents)
-        print(args.out)
-    logger.info("%s", _summary(data, reports, seconds, args))
+    target = make_target(args.device, args.gpus, args.backend, launcher=args.launcher, rendezvous=args.rendezvous,
+                         repeats=args.repeat)
+    if args.prompt is None:
+        return _run_random(args, out, target)
+    return _run_prompt(args, out, target, latent_out)
+
+
+def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -> int:
+    from trt_distri.pipeline import generate_image
+    from trt_distri.progress import ProgressBar
+
+    workdir = args.workdir
+    if workdir is None:
+        from trt_distri.embedded import embedded_workdir
+
+        workdir = embedded_workdir(len(target.gpus) if target.gpus else 1)
+    result = generate_image(workdir, args.prompt, args.negative_prompt, args.steps, args.guidance, args.seed,
+                            args.scheduler, args.warmup_steps, output_type="latent" if latent_out else "pil",
+                            progress=ProgressBar(), height=args.height, width=args.width, target=target)
+    if result.latents is None:  # a rank other than 0 of an external launcher
+        return 0
+    if latent_out:
+        _save_atomic(out, lambda f: np.save(f, result.latents))
+    else:
+        from trt_distri.png import png_bytes
+
+        data = png_bytes(result.image)
+        _save_atomic(out, lambda f: f.write(data))
+    print(out)
+    logger.info("%s", result.summary)
     return 0
 
 
-def _generate(args, data: dict, inputs, options):
-    world = data["gpus"] if data.get("cfg_split") else data["plan"]["devices"]
-    device = args.device or ("cuda" if _cuda_count() else "cpu")
-    if device == "cpu":
-        from trt_distri.runtime.local import run_local
+def _run_random(args: argparse.Namespace, out: Path, target) -> int:
+    from trt_distri.pipeline import check_workdir, denoise, load_manifest
 
-        latents, times = run_local(args.workdir, inputs, options, backend=args.backend)
-        return latents, [{"runs": [t]} for t in times]
-    if args.launcher == "env":
-        from trt_distri.runtime.gpu import run_launched_rank
-
-        if args.rendezvous is None:
-            raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
-        latents, report = run_launched_rank(args.workdir, inputs, options, args.rendezvous, args.backend)
-        return latents, [report]
-    from trt_distri.runtime.gpu import run_gpus
-
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else list(range(world))
-    return run_gpus(args.workdir, inputs, options, gpus, args.backend, repeats=args.repeat)
+    data = load_manifest(args.workdir)
+    check_workdir(data, args.workdir, args.height, args.width)
+    inputs = random_inputs(data, args.steps, args.scheduler, args.guidance, args.seed)
+    start = time.perf_counter()
+    latents, reports = denoise(args.workdir, data, inputs, args.warmup_steps, target, args.no_comm)
+    seconds = time.perf_counter() - start
+    if latents is not None:
+        _save_atomic(out, lambda f: np.save(f, latents))
+        print(out)
+    logger.info("%s", _summary(data, reports, seconds, args))
+    return 0
 
 
 def random_inputs(data: dict, steps: int, scheduler: str, guidance: float, seed: int):
@@ -105,26 +136,15 @@ def random_inputs(data: dict, steps: int, scheduler: str, guidance: float, seed:
     return GenerationInputs(latents, enc[1:], enc[:1] if guided else None, schedule, guidance, text, time_ids)
 
 
-def _manifest(workdir: Path) -> dict:
-    from trt_distri.export.manifest import Manifest
-
-    return Manifest.load(workdir).data
-
-
-def _cuda_count() -> int:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return 0
-    err, count = cudart.cudaGetDeviceCount()
-    return count if err == cudart.cudaError_t.cudaSuccess else 0
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+def _save_atomic(path: Path, write) -> None:
+    """Write with `write(file)` beside `path`, then rename into place: never a half-written output."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _summary(data: dict, reports: list[dict], seconds: float, args) -> str:

@@ -41,6 +41,7 @@ class ExportRequest:
     gn_mode: GNMode = GNMode.CORRECTED_ASYNC
     overwrite: bool = False
     seed: int = 0  # for random weights
+    unet_only: bool = False  # a pipeline source: export its UNet alone (no text encoders, VAE, tokenizers)
 
     @property
     def _split_applies(self) -> bool:
@@ -68,6 +69,13 @@ class ExportRequest:
     def random_config(self) -> str | None:
         """The shipped configuration name for "random:<name>", else None (a folder)."""
         return self.model[len(RANDOM_PREFIX):] if self.model.startswith(RANDOM_PREFIX) else None
+
+    @property
+    def exports_pipeline(self) -> bool:
+        """Text encoders, VAE and tokenizers are exported too: random:<name>, or a folder with model_index.json."""
+        if self.unet_only:
+            return False
+        return self.random_config is not None or (Path(self.model) / "model_index.json").is_file()
 
     def unet_config(self) -> dict:
         """The UNet's diffusers config, read without torch (a shipped config or the folder's config.json)."""

@@ -1,0 +1,129 @@
+"""Prompt to PNG on a GPU host, end to end (text encoders, distributed UNet, tiled VAE): times and peak memory.
+
+  python benchmarks/end_to_end_gpu.py --case 2048:2 --case 3840:4 --steps 30 --root /tmp/e2e
+
+Each case SIZE:GPUS exports the SDXL architecture with random weights (fp16 UNet, fp32 encoders and VAE) at
+SIZE x SIZE for GPUS GPUs (no guidance split: every GPU takes a band of rows), prepares the ONNX Runtime graphs
+on the host, then runs `generate_image` on GPUs 0..GPUS-1 and writes the PNG. Recorded per case: export and build
+seconds, seconds per stage (encode, denoise, decode), the UNet ranks' own peak device memory, and the peak memory
+per GPU over the whole run as nvidia-smi reports it (every process: UNet ranks, encoders and VAE in this one),
+polled every 0.2 s. A case that fails (out of memory included) is recorded with its error and the others still run.
+Results: benchmarks/results/end_to_end_gpu.json and .md (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import subprocess
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from trt_distri.config import ExportRequest, Precision
+from trt_distri.engines.build import build_workdir
+from trt_distri.export.pipeline_export import export_pipeline
+from trt_distri.pipeline import Target, generate_image
+from trt_distri.png import png_bytes
+
+log = logging.getLogger("end_to_end_gpu")
+RESULTS = Path(__file__).parent / "results"
+
+
+class MemoryPoller:
+    """Peak `memory.used` (MiB) per GPU index from nvidia-smi, polled in a thread."""
+
+    def __init__(self, period_s: float = 0.2) -> None:
+        self.period_s, self.peak, self._stop = period_s, {}, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"]
+        while not self._stop.is_set():
+            out = subprocess.run(query, capture_output=True, text=True, check=False).stdout
+            for line in out.strip().splitlines():
+                index, used = (int(v) for v in line.split(","))
+                self.peak[index] = max(self.peak.get(index, 0), used)
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "MemoryPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def prepare(size: int, gpus: int, root: Path, backend: str) -> tuple[Path, dict]:
+    out = root / f"sdxl-{size}-n{gpus}"
+    times = {}
+    if not (out / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        export_pipeline(ExportRequest("random:sdxl", size, size, gpus, out, cfg_split=False,
+                                      precision=Precision.FP16, overwrite=True))
+        times["export_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    build_workdir(out, backend)
+    times["build_s"] = round(time.perf_counter() - t0, 1)
+    return out, times
+
+
+def run_case(size: int, gpus: int, args: argparse.Namespace) -> dict:
+    record: dict = {"size": size, "gpus": gpus, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                    "backend": args.backend}
+    try:
+        workdir, record["prepare"] = prepare(size, gpus, args.root, args.backend)
+        target = Target("cuda", tuple(range(gpus)), args.backend)
+        with MemoryPoller() as memory:
+            result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
+                                    warmup_steps=args.warmup_steps, seed=0, target=target)
+        (args.root / f"sdxl-{size}-n{gpus}.png").write_bytes(png_bytes(result.image))
+        record.update(seconds=round(result.seconds, 2), stages=result.stages, summary=result.summary,
+                      peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak.items()) if k < gpus})
+    except Exception as exc:  # noqa: BLE001 - recorded, the next case still runs
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        log.error("%dx%d on %d GPUs failed:\n%s", size, size, gpus, traceback.format_exc())
+    return record
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["# End to end on GPUs (SDXL architecture, random weights; fp16 UNet, fp32 encoders and VAE)", "",
+             "| size | GPUs | steps | export / build s | encode s | denoise s | decode s | total s | peak MiB per GPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | | failed: {r['error'][:120]} | | | | |")
+            continue
+        s, p = r["stages"], r["prepare"]
+        lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | {p.get('export_s', '-')} / {p['build_s']} | "
+                     f"{s['encode']} | {s['denoise']} | {s.get('decode', '-')} | {r['seconds']} | "
+                     f"{', '.join(f'{v}' for v in r['peak_mib_per_gpu'].values())} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", default=None, help="SIZE:GPUS (default 2048:2 and 3840:4)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup-steps", type=int, default=4)
+    parser.add_argument("--backend", default="ort")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/trt-distri-e2e"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end_gpu.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.root.mkdir(parents=True, exist_ok=True)
+    cases = [tuple(int(v) for v in c.split(":")) for c in (args.case or ["2048:2", "3840:4"])]
+    records = [run_case(size, gpus, args) for size, gpus in cases]
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": records,
+              "gpus": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(records))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

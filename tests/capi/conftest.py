@@ -1,0 +1,70 @@
+"""Work directories (exported once per session) and C programs compiled against the installed header/library."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from trt_distri.config import ExportRequest, Precision
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+
+
+@pytest.fixture(scope="session")
+def cc() -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler (cc) on this machine")
+    return compiler
+
+
+@pytest.fixture(scope="session")
+def compile_c(cc, tmp_path_factory):
+    """source -> executable, built with the flags `python -m trt_distri.capi --cflags --libs` prints."""
+    from trt_distri.capi import compile_flags, link_flags
+
+    out = tmp_path_factory.mktemp("bin")
+
+    def build(source: Path) -> Path:
+        exe = out / source.stem
+        cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", str(source), *compile_flags(),
+               *link_flags(), "-o", str(exe)]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return exe
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def unet_workdir(tmp_path_factory) -> Path:
+    """A tiny SD UNet alone (no text encoders, no VAE), 64x64, one rank: quick to load."""
+    from trt_distri.export.exporter import export_unet
+    from trt_distri.models import random_unet
+
+    out = tmp_path_factory.mktemp("capi") / "unet"
+    export_unet(ExportRequest("random:tiny-sd", 64, 64, 1, out, precision=Precision.FP32), unet=random_unet("tiny-sd"))
+    return _built(out)
+
+
+@pytest.fixture(scope="session")
+def pipeline_workdir(tmp_path_factory) -> Path:
+    """A tiny SDXL pipeline (text encoders, UNet, VAE; random weights), 64x64 over two CPU ranks."""
+    from trt_distri.export.pipeline_export import export_pipeline
+    from trt_distri.pipeline_models import random_pipeline
+
+    root = tmp_path_factory.mktemp("capi")
+    random_pipeline("tiny-sdxl", seed=0).save_pretrained(root / "model")
+    export_pipeline(ExportRequest(model=str(root / "model"), height=64, width=64, gpus=2, out_dir=root / "work",
+                                  cfg_split=False, precision=Precision.FP32))
+    return _built(root / "work")
+
+
+def _built(workdir: Path) -> Path:
+    """Prepared for ONNX Runtime once (`trt-distri build --backend ort`), so that every load is quick."""
+    from trt_distri.engines.build import build_workdir
+
+    build_workdir(workdir, "ort")
+    return workdir

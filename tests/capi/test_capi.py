@@ -1,0 +1,122 @@
+"""The C API (capi/, issue 6): the example compiled with the system C compiler against the installed header and
+library, compared with the Python API; error paths, handle lifetime and resource release through a C program."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trt_distri
+from trt_distri.api import Generator
+
+HERE = Path(__file__).parent
+EXAMPLE = HERE.parent.parent / "capi" / "example.c"
+STEPS = dict(steps=8, seed=42, warmup_steps=2)  # what capi/example.c asks for
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C API is built on Linux only")
+
+
+def _run(exe: Path, *args, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run outside the virtual environment: the library must find it by itself."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep)
+                                    if not p.startswith(sys.prefix))
+    proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**clean, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{exe.name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _read_ppm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    magic, width, height, maxval, pixels = data.split(maxsplit=4)
+    assert (magic, maxval) == (b"P6", b"255")
+    return np.frombuffer(pixels, np.uint8).reshape(int(height), int(width), 3)
+
+
+def _example_embeddings(g: Generator):
+    """The embeddings capi/example.c's fill() computes: ((i * step + offset) % 101) / 50 - 1 in float32."""
+    def fill(n, step, offset):
+        return ((np.arange(n) * step + offset) % 101).astype(np.float32) / np.float32(50) - np.float32(1)
+
+    i = g.info
+    tokens = i.seq_len * i.dim
+    cond = fill(tokens, 7, 1).reshape(i.seq_len, i.dim)
+    uncond = fill(tokens, 13, 5).reshape(i.seq_len, i.dim) if i.guidance else None
+    pooled = None
+    if i.pooled_dim:
+        rows = [fill(i.pooled_dim, 11, 9)] if i.guidance else []
+        pooled = np.stack(rows + [fill(i.pooled_dim, 3, 2)])
+    return cond, uncond, pooled
+
+
+def test_header_and_library_are_installed_with_the_package():
+    out = subprocess.run([sys.executable, "-m", "trt_distri.capi", "--include", "--libdir"], check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert (Path(out[0]) / "trt_distri.h").is_file() and (Path(out[1]) / "libtrt_distri.so").is_file()
+
+
+def test_example_prompt_image_equals_the_python_api(compile_c, pipeline_workdir, tmp_path):
+    from trt_distri.pipeline import generate_image
+
+    proc = _run(compile_c(EXAMPLE), pipeline_workdir, tmp_path / "out", "a red cube")
+    assert f"trt-distri {trt_distri.__version__} (ABI 1)" in proc.stdout
+    assert f"image 64x64 -> {tmp_path / 'out.ppm'}" in proc.stdout
+    expected = generate_image(pipeline_workdir, "a red cube", device="cpu", output_type="np", **STEPS)
+    assert np.array_equal(_read_ppm(tmp_path / "out.ppm"), expected.image)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected.latents)
+
+
+def test_example_embeddings_equal_the_python_api(compile_c, pipeline_workdir, tmp_path):
+    _run(compile_c(EXAMPLE), pipeline_workdir, tmp_path / "out")
+    with Generator(pipeline_workdir, device="cpu") as g:
+        cond, uncond, pooled = _example_embeddings(g)
+        expected = g.generate_from_embeddings(cond, uncond, pooled, **STEPS)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected.latents)
+    assert np.array_equal(_read_ppm(tmp_path / "out.ppm"), expected.image)
+
+
+def test_example_without_a_vae_writes_latents_and_says_why(compile_c, unet_workdir, tmp_path):
+    proc = _run(compile_c(EXAMPLE), unet_workdir, tmp_path / "out")
+    assert "no image: no VAE in this work directory" in proc.stdout
+    with Generator(unet_workdir, device="cpu") as g:
+        cond, uncond, _ = _example_embeddings(g)
+        expected = g.generate_from_embeddings(cond, uncond, **STEPS)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected.latents)
+
+
+def test_errors_handles_and_release(compile_c, unet_workdir):
+    """Every error path returns a status and a message (never a crash); create/destroy cycles release what
+    they take. glibc is limited to one malloc arena, so that RSS measures leaks, not per-thread arenas."""
+    proc = _run(compile_c(HERE / "capi_checks.c"), unet_workdir, 4, env={"MALLOC_ARENA_MAX": "1"}, check=False)
+    assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
+    numbers = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in proc.stdout.splitlines()
+               if line.startswith(("fds ", "rss_kb "))}
+    assert numbers["fds"][1] == numbers["fds"][0], numbers
+    assert numbers["rss_kb"][1] - numbers["rss_kb"][0] < 16 * 1024, numbers
+
+
+def test_a_wrong_python_is_an_error_not_a_crash(compile_c, unet_workdir, tmp_path):
+    proc = _run(compile_c(EXAMPLE), unet_workdir, tmp_path / "out", env={"TRT_DISTRI_PYTHON": "/nonexistent/python"},
+                check=False)
+    assert proc.returncode == 1 and "TRT_DISTRI_ERROR_PYTHON" in proc.stderr, proc.stderr
+    assert "TRT_DISTRI_PYTHON" in proc.stderr.split("TRT_DISTRI_ERROR_PYTHON", 1)[1]
+
+
+def test_library_loaded_into_python_uses_the_running_interpreter(unet_workdir):
+    code = f"""
+import ctypes, trt_distri.capi as c
+lib = ctypes.CDLL(str(c.library_path()))
+lib.trt_distri_version.restype = lib.trt_distri_last_error.restype = ctypes.c_char_p
+gen = ctypes.c_void_p()
+assert lib.trt_distri_generator_create(b"/nonexistent", None, ctypes.byref(gen)) == 3, lib.trt_distri_last_error()
+assert lib.trt_distri_generator_create({str(unet_workdir).encode()!r}, None, ctypes.byref(gen)) == 0
+assert lib.trt_distri_generator_destroy(gen) == 0 and lib.trt_distri_generator_destroy(gen) == 2
+print(lib.trt_distri_version().decode())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == trt_distri.__version__, out.stderr

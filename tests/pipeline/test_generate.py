@@ -1,0 +1,77 @@
+"""Prompt to image on the CPU: PNG with 1 and 2 ranks, equality with diffusers' own pipeline, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trt_distri.cli import main
+from trt_distri.png import read_png
+
+PROMPT = "a red fox in the snow"
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def diffusers_image(folder, steps: int, seed: int, negative: str | None = None) -> np.ndarray:
+    """The same saved pipeline run by diffusers itself (DDIM from its scheduler config, as trt-distri makes it)."""
+    import torch
+
+    from trt_distri.loop import make_scheduler
+    from trt_distri.pipeline_models import load_pipeline
+
+    pipe = load_pipeline(folder)
+    pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=5.0, height=128,
+               width=128, generator=torch.Generator().manual_seed(seed), output_type="np")
+    return (out.images[0] * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_cli_writes_a_png(workdir, tmp_path, capsys, ranks):
+    out = tmp_path / "image.png"
+    argv = ["run", str(workdir("tiny-sdxl", ranks)), "--prompt", PROMPT, "--device", "cpu", "--steps", "3",
+            "--warmup-steps", "1", "-o", str(out)]
+    assert main(argv) == 0
+    image = read_png(out.read_bytes())
+    assert image.shape == (128, 128, 3) and image.std() > 1  # not a constant image
+    err = capsys.readouterr().err
+    assert "denoise [" in err and f"on {ranks} CPU rank(s)" in err and "GN corrected-async" in err
+
+
+@pytest.mark.parametrize("name, ranks", [("tiny-sdxl", 1), ("tiny-sdxl", 2), ("tiny-sd", 1)])
+def test_synchronous_image_equals_diffusers(workdir, saved_pipeline, name, ranks):
+    from trt_distri.pipeline import generate_image
+
+    steps = 4
+    ours = generate_image(workdir(name, ranks), PROMPT, steps=steps, warmup_steps=steps, seed=3, device="cpu")
+    reference = diffusers_image(saved_pipeline(name), steps, seed=3)
+    assert ours.image.shape == reference.shape
+    assert psnr_uint8(ours.image, reference) >= 40.0
+
+
+def test_negative_prompt_equals_diffusers(workdir, saved_pipeline):
+    from trt_distri.pipeline import generate_image
+
+    ours = generate_image(workdir("tiny-sd"), PROMPT, negative_prompt="blurry", steps=3, warmup_steps=3, seed=1,
+                          device="cpu")
+    assert psnr_uint8(ours.image, diffusers_image(saved_pipeline("tiny-sd"), 3, 1, negative="blurry")) >= 40.0
+
+
+def test_same_seed_same_image(workdir):
+    from trt_distri.pipeline import generate_image
+
+    run = lambda seed: generate_image(workdir("tiny-sdxl"), PROMPT, steps=2, seed=seed, device="cpu")  # noqa: E731
+    first, again, other = run(5), run(5), run(6)
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.latents, again.latents)
+    assert not np.array_equal(first.image, other.image)
+
+
+def test_latent_output_is_npy(workdir, tmp_path):
+    out = tmp_path / "z.npy"
+    assert main(["run", str(workdir("tiny-sdxl")), "--prompt", PROMPT, "--device", "cpu", "--steps", "2",
+                 "--output-type", "latent", "-o", str(out)]) == 0
+    assert np.load(out).shape == (1, 4, 16, 16)

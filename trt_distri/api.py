@@ -1,0 +1,281 @@
+"""The library API: a `Generator` loaded once from a work directory, then asked for latents or images.
+
+C and C++ programs reach it through libtrt_distri.so (capi/, `trt_distri.h`), which calls this module.
+
+Where the ranks run (docs/runtime.md):
+- device "cpu": every rank is a thread of this process. Sessions are loaded once, by the constructor, and reused by
+  every generation; `close()` releases them.
+- device "cuda", no rank: one process per GPU for each generation (`runtime.gpu.run_gpus`), which loads the
+  sessions each time.
+- device "cuda" with a rank (given, or from a launcher's environment: torchrun, srun, mpirun): this process is one
+  rank (`runtime.gpu.gpu_worker`); ranks meet in a rendezvous directory, one subdirectory per generation.
+
+Text encoders, noise, scheduler and VAE are trt_distri.pipeline's, so `generate` equals
+`trt_distri.pipeline.generate_image`. A work directory exported from a UNet alone has neither text encoders nor a
+VAE: it generates latents from precomputed text embeddings (`generate_from_embeddings`).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.errors import ConfigError, TrtDistriError
+from trt_distri.export.manifest import Manifest
+from trt_distri.runtime.executor import RunOptions
+from trt_distri.runtime.generation import Topology
+
+SCHEDULERS = ("ddim", "euler", "dpm++")
+BACKENDS = ("ort", "trt", "trt-rtx")
+_LAUNCHER_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+
+
+class InvalidArgumentError(ConfigError):
+    """An argument is out of range or does not match the work directory (size, embedding shape, scheduler)."""
+
+
+class UnavailableError(TrtDistriError):
+    """What was asked for is not in this work directory or installation (a VAE, text encoders)."""
+
+
+class ClosedError(TrtDistriError):
+    """The generator was closed."""
+
+
+@dataclass
+class Result:
+    """One generation: latents (1, C, h, w) fp32 (None on ranks that do not receive them) and the image."""
+
+    latents: np.ndarray | None
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB
+    seconds: float
+    image_missing: str | None = None  # why `image` is None
+
+    def require_image(self) -> np.ndarray:
+        if self.image is None:
+            raise UnavailableError(self.image_missing or "this result has no image")
+        return self.image
+
+
+@dataclass(frozen=True)
+class Params:
+    """What one generation asks for besides its conditioning (checked against the work directory)."""
+
+    steps: int = 30
+    guidance: float = 5.0
+    seed: int = 0
+    scheduler: str = "ddim"
+    warmup_steps: int = 4
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkdirInfo:
+    """What a work directory expects (text embeddings per branch: (seq_len, dim)) and produces."""
+
+    width: int
+    height: int
+    latent_channels: int
+    latent_height: int
+    latent_width: int
+    seq_len: int
+    dim: int
+    pooled_dim: int  # SDXL text_embeds size; 0 for SD 1.x/2.x
+    guidance: bool
+    world: int
+
+    @classmethod
+    def from_manifest(cls, m: dict) -> "WorkdirInfo":
+        model, plan, cfg = m["model"], m["plan"], m["model"].get("config", {})
+        pooled = (cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+                  if model["sdxl"] else 0)
+        return cls(plan["width"], plan["height"], model["in_channels"], plan["latent_height"], plan["latent_width"],
+                   m["text_len"], model["cross_attention_dim"], pooled, bool(m.get("guidance", True)),
+                   Topology.from_manifest(m).world)
+
+
+class Generator:
+    """A work directory ready to generate; see the module docstring for where its ranks run."""
+
+    def __init__(self, workdir: str | Path, device: str | None = None, rank: int | None = None,
+                 world: int | None = None, *, backend: str = "ort", gpu: int | None = None,
+                 rendezvous: str | Path | None = None) -> None:
+        if backend not in BACKENDS:
+            raise InvalidArgumentError(f"unknown backend {backend!r}. Note: expected one of {', '.join(BACKENDS)}")
+        self.workdir = Path(workdir)
+        self.manifest = Manifest.load(self.workdir).data
+        self.device = _pick_device(device)
+        self.backend = backend
+        self.info = WorkdirInfo.from_manifest(self.manifest)
+        self._check_world(world)
+        self._lock = threading.Lock()
+        if self.device == "cpu":
+            if rank not in (None, 0):
+                raise InvalidArgumentError(f"on the CPU every rank is a thread of this process. Note: expected "
+                                           f"rank -1 or 0, got {rank}")
+            from trt_distri.api_ranks import LocalRanks
+
+            self._ranks = LocalRanks(self.workdir, self.manifest, backend)
+        else:
+            from trt_distri.api_ranks import GpuRanks
+
+            self._ranks = GpuRanks(self.workdir, self.manifest, backend, _launcher_rank(rank), gpu, rendezvous)
+        self._aux_device = None if self.device == "cpu" else self._ranks.gpu  # text encoders and VAE
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    def generate(self, prompt: str, negative_prompt: str = "", **params) -> Result:
+        """Prompt -> image with the work directory's text encoders, UNet ranks and VAE (trt_distri.pipeline);
+        equals `trt_distri.pipeline.generate_image` for the same arguments."""
+        from trt_distri.pipeline import encode_prompt
+
+        p = self._params(params)
+        if "text_encoders" not in self.manifest:
+            raise UnavailableError(f"no text encoders in {self.workdir}: it was exported from a UNet alone. Note: "
+                                   "expected a work directory exported from a pipeline. Fix: export a pipeline folder "
+                                   "(or random:<name>) with `trt-distri export`, or use generate_from_embeddings")
+        with self._lock:
+            self._check_open()
+            start = time.perf_counter()
+            emb = encode_prompt(self.workdir, prompt, negative_prompt, self._aux_device, self.manifest)
+            return self._generate(emb, p, start)
+
+    def generate_from_embeddings(self, cond: np.ndarray, uncond: np.ndarray | None = None,
+                                 text_embeds: np.ndarray | None = None, time_ids: np.ndarray | None = None,
+                                 **params) -> Result:
+        """Text embeddings -> latents, and the image where the work directory has a VAE. cond/uncond: (1, S, D) or
+        (S, D); SDXL: text_embeds (2, T) [uncond; cond] ((1, T) without guidance), time_ids (6,) or one row per
+        branch (default: the image size, no crop). The same embeddings as generate(prompt) give its image."""
+        from trt_distri.prompt import PromptEmbeddings
+
+        p = self._params(params)
+        emb = PromptEmbeddings(*self._conditioning(cond, uncond), *self._added(text_embeds, time_ids))
+        with self._lock:
+            self._check_open()
+            return self._generate(emb, p, time.perf_counter())
+
+    def _generate(self, emb, p: Params, start: float) -> Result:
+        from trt_distri.pipeline import decode_latents, generation_inputs
+
+        inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed)
+        latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps))
+        if "vae" not in self.manifest:
+            return Result(latents, None, time.perf_counter() - start, image_missing=(
+                f"no VAE in this work directory ({self.workdir} was exported from a UNet alone): the result has "
+                "latents only. Fix: export a pipeline folder (or random:<name>) with `trt-distri export`, or decode "
+                "the latents with the model's VAE"))
+        if latents is None:
+            return Result(None, None, time.perf_counter() - start, "only world rank 0 receives the image")
+        image = decode_latents(self.workdir, self.manifest, latents, self._aux_device)
+        return Result(latents, image, time.perf_counter() - start)
+
+    def _conditioning(self, cond, uncond) -> tuple[np.ndarray, np.ndarray | None]:
+        info = self.info
+        seq = (info.seq_len, info.dim)
+        if info.guidance == (uncond is None):
+            raise InvalidArgumentError(f"{self.workdir} was exported {'with' if info.guidance else 'without'} "
+                                       f"guidance. Note: expected uncond {'embeddings' if info.guidance else 'None'}, "
+                                       f"got {'None' if uncond is None else 'embeddings'}")
+        return _array("cond", cond, seq), None if uncond is None else _array("uncond", uncond, seq)
+
+    def _added(self, text_embeds, time_ids) -> tuple[np.ndarray | None, np.ndarray | None]:
+        dim, plan, rows = self.info.pooled_dim, self.manifest["plan"], 2 if self.info.guidance else 1
+        if not dim:
+            if text_embeds is not None or time_ids is not None:
+                raise InvalidArgumentError(f"{self.workdir} holds a UNet without text_embeds/time_ids (SD 1.x/2.x)."
+                                           " Note: expected None for both, got arrays")
+            return None, None
+        if text_embeds is None:
+            raise InvalidArgumentError(f"an SDXL UNet needs pooled text embeddings. Note: expected text_embeds "
+                                       f"({rows}, {dim}), got None")
+        text_embeds = _array("text_embeds", text_embeds, (rows, dim), batch=False)
+        if time_ids is None:
+            time_ids = [plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]
+        time_ids = np.asarray(time_ids, np.float32)
+        time_ids = np.repeat(time_ids[None], rows, axis=0) if time_ids.shape == (6,) else time_ids
+        return text_embeds, _array("time_ids", time_ids, (rows, 6), batch=False)
+
+    def _params(self, given: dict) -> Params:
+        try:
+            p = Params(**given)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"{exc}. Note: expected keywords of trt_distri.api.Params") from None
+        plan = self.manifest["plan"]
+        size = (p.width or plan["width"], p.height or plan["height"])
+        checks = [(size == (plan["width"], plan["height"]), "invalid size", f"{plan['width']}x{plan['height']} "
+                   "(the work directory's; export again for another size)", f"{size[0]}x{size[1]}"),
+                  (1 <= p.steps <= 1000, "invalid steps", "1..1000", p.steps),
+                  (0 <= p.warmup_steps, "invalid warmup_steps", ">= 0", p.warmup_steps),
+                  (math.isfinite(p.guidance), "invalid guidance", "a finite number", p.guidance),
+                  (p.scheduler in SCHEDULERS, "unknown scheduler", " or ".join(SCHEDULERS), repr(p.scheduler)),
+                  (0 <= p.seed < 2**64, "invalid seed", "0..2**64-1", p.seed)]
+        for ok, what, expected, got in checks:
+            if not ok:
+                raise InvalidArgumentError(f"{what}. Note: expected {expected}, got {got}")
+        return p
+
+    # ---- lifetime --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release every session and buffer (idempotent); later calls raise ClosedError."""
+        with self._lock:
+            ranks, self._ranks = getattr(self, "_ranks", None), None
+            if ranks is not None:
+                ranks.close()
+            gc.collect()  # sessions sit in reference cycles (executor <-> bound sessions): free them now
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._ranks is None:
+            raise ClosedError(f"the generator of {self.workdir} was closed. Fix: create a new one")
+
+    def _check_world(self, world: int | None) -> None:
+        expected = Topology.from_manifest(self.manifest).world
+        if world is not None and world != expected:
+            raise ConfigError(f"{self.workdir} is exported for a world of {expected} rank(s). Note: expected world "
+                              f"{expected}, got {world}. Fix: export again with --gpus {world}")
+
+
+def _array(name: str, value, shape: tuple[int, ...], batch: bool = True) -> np.ndarray:
+    """`value` as a C-contiguous fp32 array of `shape`, with a leading batch of 1 when `batch`."""
+    arr = np.asarray(value, dtype=np.float32)
+    if batch and arr.ndim == len(shape):
+        arr = arr[None]
+    want = (1, *shape) if batch else shape
+    if arr.shape != want:
+        raise InvalidArgumentError(f"{name} has the wrong shape. Note: expected {want}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidArgumentError(f"{name} holds NaN or infinity. Note: expected finite values")
+    return np.ascontiguousarray(arr)
+
+
+def _pick_device(device: str | None) -> str:
+    if device not in (None, "cpu", "cuda"):
+        raise InvalidArgumentError(f"unknown device {device!r}. Note: expected 'cpu', 'cuda' or None (automatic)")
+    if device is not None:
+        return device
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return "cpu"
+    err, count = cudart.cudaGetDeviceCount()
+    return "cuda" if err == cudart.cudaError_t.cudaSuccess and count > 0 else "cpu"
+
+
+def _launcher_rank(rank: int | None) -> int | None:
+    """The explicit rank, else the launcher's (torchrun, srun, mpirun) when this process was started by one."""
+    if rank is not None or not any(v in os.environ for v in _LAUNCHER_RANK_VARS):
+        return rank
+    from trt_distri.runtime.launch import launcher_env
+
+    return launcher_env().world_rank

@@ -1,0 +1,229 @@
+"""Prompt to image with a work directory: text encoders, the distributed UNet loop, VAE decoder.
+
+`generate_image` is the library entry point (the CLI's `run --prompt` and the C API call it). Stages:
+1. encode: tokenizers + exported text encoders (ONNX Runtime, on the CPU or the first GPU);
+2. denoise: the initial noise is `torch.randn` from a CPU `torch.Generator` seeded with `seed`, exactly as
+   diffusers draws it, so the same seed gives diffusers' image; then runtime.run_local (CPU, ranks as threads) or
+   runtime.run_gpus (one process per GPU);
+3. decode: the exported VAE decoder, in blended tiles when the latent is larger than the VAE's native size
+   (trt_distri.vae_tiles).
+Text encoder and VAE sessions are released before and created after the UNet ranks run, so that they never hold
+GPU memory at the same time as the UNet.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.errors import ConfigError
+from trt_distri.prompt import PromptEmbeddings, PromptEncoder
+from trt_distri.vae_tiles import decode_tiled, to_uint8
+
+log = logging.getLogger(__name__)
+OUTPUT_TYPES = ("pil", "np", "latent")
+#: progress(stage, done, total): stage is "encode", "denoise" or "decode".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ImageResult:
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB, row-major; None for output_type "latent"
+    latents: np.ndarray  # (1, C, h, w) fp32, the final latents (before the VAE's scaling)
+    seconds: float
+    summary: str
+    stages: dict[str, float] = field(default_factory=dict)  # seconds of encode, denoise, decode
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the UNet ranks run: `device` "cpu" (threads) or "cuda" (one process per GPU in `gpus`)."""
+
+    device: str
+    gpus: tuple[int, ...] | None = None
+    backend: str = "ort"
+    launcher: str = "local"  # "env": this process is one rank of torchrun/srun/mpirun
+    rendezvous: Path | None = None
+    repeats: int = 1
+
+    @property
+    def first_gpu(self) -> int | None:
+        """The GPU for the text encoders and the VAE (None: the CPU)."""
+        return None if self.device == "cpu" else (self.gpus[0] if self.gpus else 0)
+
+
+def make_target(device: str | None, gpus: str | None, backend: str = "ort", **extra) -> Target:
+    """A Target from CLI-style strings: device None picks cuda where a GPU exists; gpus "0,1,..." or None."""
+    indices = None
+    if gpus:
+        try:
+            indices = tuple(int(g) for g in gpus.split(","))
+        except ValueError:
+            raise ConfigError(f"cannot read --gpus {gpus!r}. Note: expected GPU indices such as 0,1,2,3") from None
+    device = device or ("cuda" if cuda_device_count() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}. Note: expected cpu or cuda")
+    return Target(device, indices, backend, **extra)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices the runtime can see (0 without cuda-python or a driver)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return 0
+    err, count = cudart.cudaGetDeviceCount()
+    return count if err == cudart.cudaError_t.cudaSuccess else 0
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Standard normal noise as diffusers draws it: torch.randn with a CPU torch.Generator seeded by `seed`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+
+
+def load_manifest(workdir: str | Path) -> dict:
+    from trt_distri.export.manifest import Manifest
+
+    return Manifest.load(workdir).data
+
+
+def encode_prompt(workdir: str | Path, prompt: str, negative_prompt: str = "", device: int | None = None,
+                  data: dict | None = None) -> PromptEmbeddings:
+    """The text conditioning of `prompt` (and of the negative prompt for guidance) with the work directory's
+    encoders; the pieces of GenerationInputs, so that precomputed embeddings can be used instead."""
+    data = data or load_manifest(workdir)
+    return PromptEncoder(Path(workdir), data, device).encode(prompt, negative_prompt, data.get("guidance", True))
+
+
+def generation_inputs(data: dict, emb: PromptEmbeddings, steps: int, scheduler: str, guidance: float, seed: int):
+    """GenerationInputs from embeddings: seeded noise of the latent's shape and the pipeline's scheduler."""
+    from trt_distri.loop import make_scheduler
+    from trt_distri.runtime.generation import GenerationInputs
+    from trt_distri.schedule import linear_schedule
+
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1. Note: got {steps}")
+    plan, model = data["plan"], data["model"]
+    shape = (1, model["in_channels"], plan["latent_height"], plan["latent_width"])
+    config = data.get("scheduler", {}).get("config")
+    schedule = linear_schedule(make_scheduler(scheduler, config), steps)
+    return GenerationInputs(initial_noise(shape, seed), emb.cond, emb.uncond, schedule, guidance, emb.text_embeds,
+                            emb.time_ids)
+
+
+def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target, no_comm: bool = False):
+    """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports)."""
+    from trt_distri.runtime.executor import RunOptions
+
+    options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm)
+    world = data["gpus"] if data.get("cfg_split") else data["plan"]["devices"]
+    if target.device == "cpu":
+        from trt_distri.runtime.local import run_local
+
+        if target.gpus is not None and len(target.gpus) != world:
+            raise ConfigError(f"the work directory is exported for {world} rank(s). Note: expected {world} "
+                              f"indices in --gpus, got {len(target.gpus)}. Fix: drop --gpus, or export again "
+                              f"with --gpus {len(target.gpus)}")
+        latents, times = run_local(workdir, inputs, options, backend=target.backend)
+        return latents, [{"runs": [t]} for t in times]
+    if target.launcher == "env":
+        from trt_distri.runtime.gpu import run_launched_rank
+
+        if target.rendezvous is None:
+            raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
+        latents, report = run_launched_rank(workdir, inputs, options, target.rendezvous, target.backend)
+        return latents, [report]
+    from trt_distri.runtime.gpu import run_gpus
+
+    gpus = list(target.gpus) if target.gpus else list(range(world))
+    return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats)
+
+
+def decode_latents(workdir: str | Path, data: dict, latents: np.ndarray, device: int | None = None,
+                   progress: Progress | None = None, tile: int | None = None) -> np.ndarray:
+    """Final latents -> (H, W, 3) uint8 image through the exported VAE decoder, tiled beyond its native size."""
+    from trt_distri.engines.backend import get_backend
+
+    vae = data["vae"]
+    session = get_backend("ort").load(Path(workdir) / vae["file"], device)
+    z = latents.astype(np.float32)
+    if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
+        mean, std = (np.asarray(vae[k], np.float32).reshape(1, -1, 1, 1) for k in ("latents_mean", "latents_std"))
+        z = z * std / np.float32(vae["scaling_factor"]) + mean
+    else:
+        z = z / np.float32(vae["scaling_factor"]) + np.float32(vae.get("shift_factor") or 0.0)
+    tile = tile or max(1, vae["sample_size"] // vae["scale"])
+    image = decode_tiled(lambda x: session.run_host({"latents": x})["image"], z, tile, vae["scale"],
+                         progress=None if progress is None else lambda d, t: progress("decode", d, t))
+    return to_uint8(image)
+
+
+def check_workdir(data: dict, workdir: Path, height: int | None, width: int | None,
+                  guidance: float | None = None) -> None:
+    """Refuse a request the work directory was not exported for, naming the export that fixes it."""
+    plan = data["plan"]
+    if (height or plan["height"], width or plan["width"]) != (plan["height"], plan["width"]):
+        raise ConfigError(f"{workdir} was exported for {plan['height']}x{plan['width']}. Note: expected "
+                          f"{plan['height']}x{plan['width']}, got {height or plan['height']}x"
+                          f"{width or plan['width']}. Fix: trt-distri export ... --height {height or plan['height']} "
+                          f"--width {width or plan['width']} -o {workdir} --overwrite, or drop --height/--width")
+    if guidance is not None and not data.get("guidance", True) and guidance != 1.0:
+        raise ConfigError(f"{workdir} was exported without classifier-free guidance (--no-guidance). Note: expected "
+                          f"--guidance 1, got {guidance}. Fix: pass --guidance 1, or export again without "
+                          "--no-guidance")
+
+
+def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", steps: int = 30,
+                   guidance: float = 5.0, seed: int = 0, scheduler: str = "ddim", warmup_steps: int = 4,
+                   device: str | None = None, gpus: str | None = None, output_type: str = "pil",
+                   backend: str = "ort", progress: Progress | None = None, height: int | None = None,
+                   width: int | None = None, target: Target | None = None) -> ImageResult:
+    """Generate one image for `prompt` with an exported work directory (see the module docstring)."""
+    if output_type not in OUTPUT_TYPES:
+        raise ConfigError(f"unknown output type {output_type!r}. Note: expected one of {', '.join(OUTPUT_TYPES)}")
+    workdir = Path(workdir)
+    data = load_manifest(workdir)
+    check_workdir(data, workdir, height, width, guidance)
+    target = target or make_target(device, gpus, backend)
+    report = progress or (lambda stage, done, total: None)
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    report("encode", 0, 1)
+    emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, data)
+    inputs = generation_inputs(data, emb, steps, scheduler, guidance, seed)
+    stages["encode"] = _lap(start, stages)
+    report("encode", 1, 1)
+    report("denoise", 0, steps)
+    latents, reports = denoise(workdir, data, inputs, warmup_steps, target)
+    stages["denoise"] = _lap(start, stages)
+    report("denoise", steps, steps)
+    image = None
+    if output_type != "latent" and latents is not None:
+        image = decode_latents(workdir, data, latents, target.first_gpu, report)
+        stages["decode"] = _lap(start, stages)
+    seconds = time.perf_counter() - start
+    return ImageResult(image, latents, seconds, summary(data, target, steps, warmup_steps, seconds, stages, reports),
+                       stages)
+
+
+def _lap(start: float, stages: dict[str, float]) -> float:
+    return round(time.perf_counter() - start - sum(stages.values()), 3)
+
+
+def summary(data: dict, target: Target, steps: int, warmup_steps: int, seconds: float, stages: dict[str, float],
+            reports: list[dict]) -> str:
+    """One line: size, steps, where it ran (GPUs or CPU ranks), mode, backend, time per stage."""
+    plan = data["plan"]
+    ranks = len(reports)
+    where = f"{ranks} GPU(s)" if target.device == "cuda" else f"{ranks} CPU rank(s)"
+    split = ", guidance split" if data.get("cfg_split") else ""
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+    return (f"{plan['height']}x{plan['width']}, {steps} steps ({min(warmup_steps + 1, steps)} synchronous) on "
+            f"{where}{split}, GN {data['gn_mode']}, backend {target.backend}: {seconds:.1f} s ({parts})")

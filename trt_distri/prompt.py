@@ -1,0 +1,115 @@
+"""Prompts to text conditioning with a work directory's tokenizers and exported text encoders (no torch).
+
+Mirrors diffusers' `encode_prompt`: SD 1.x/2.x condition on the encoder's last hidden state; SDXL on the two
+encoders' penultimate hidden states joined along the features, plus the second encoder's pooled embedding and the
+size/crop `time_ids`. An empty negative prompt is diffusers' `negative_prompt=None`: SDXL pipelines with
+`force_zeros_for_empty_prompt` then use zeros, other pipelines encode "".
+Tokenizers are `tokenizer.json` files read by the `tokenizers` library; a prompt longer than the encoder's limit
+is truncated with a warning, as diffusers does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.errors import ManifestError, MissingPackageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning of both guidance branches (fp32); the pieces of runtime.generation.GenerationInputs."""
+
+    cond: np.ndarray  # (1, S, D)
+    uncond: np.ndarray | None  # (1, S, D); None without guidance
+    text_embeds: np.ndarray | None = None  # (2, P) [uncond; cond] or (1, P); SDXL only
+    time_ids: np.ndarray | None = None  # (2, 6) or (1, 6); SDXL only
+
+
+class PromptTokenizer:
+    """CLIP tokenization to a fixed length: special tokens, truncation, padding with the tokenizer's pad token."""
+
+    def __init__(self, folder: Path, max_length: int) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise MissingPackageError("prompts need the package 'tokenizers'. Fix: pip install tokenizers") from exc
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ManifestError(f"{path} does not exist. Note: expected the tokenizer saved by `trt-distri export`. "
+                                "Fix: export the pipeline again")
+        self.max_length = max_length
+        self._raw = Tokenizer.from_file(str(path))
+        self._raw.no_truncation()
+        self._raw.no_padding()
+        self._fixed = Tokenizer.from_file(str(path))
+        pad = _pad_token(folder)
+        pad_id = self._fixed.token_to_id(pad)
+        if pad_id is None:
+            raise ManifestError(f"the pad token {pad!r} of {folder} is not in its vocabulary. Fix: export again")
+        self._fixed.enable_truncation(max_length)
+        self._fixed.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad)
+
+    def __call__(self, text: str) -> np.ndarray:
+        """Token ids (1, max_length) int64; warns when `text` is cut."""
+        full = self._raw.encode(text).ids
+        if len(full) > self.max_length:
+            dropped = self._raw.decode(full[self.max_length - 1:])
+            log.warning("the prompt is %d tokens long; the text encoder takes %d, so it was truncated. Ignored: %r",
+                        len(full), self.max_length, dropped)
+        return np.asarray([self._fixed.encode(text).ids], np.int64)
+
+
+def _pad_token(folder: Path) -> str:
+    config = folder / "tokenizer_config.json"
+    data = json.loads(config.read_text()) if config.is_file() else {}
+    pad = data.get("pad_token") or data.get("eos_token") or "<|endoftext|>"
+    return pad["content"] if isinstance(pad, dict) else str(pad)
+
+
+class PromptEncoder:
+    """The tokenizers and text-encoder sessions of a work directory (ONNX Runtime, CPU or one GPU)."""
+
+    def __init__(self, workdir: Path, data: dict, device: int | None = None) -> None:
+        from trt_distri.engines.backend import get_backend
+
+        if "text_encoders" not in data:
+            raise ManifestError(f"{workdir} has no text encoders: it was exported from a UNet alone. Note: expected "
+                                "the manifest key 'text_encoders'. Fix: export a pipeline folder (with "
+                                "text_encoder/, tokenizer/, vae/) or random:<name> with `trt-distri export`")
+        self.data = data
+        backend = get_backend("ort")
+        self.parts = [(PromptTokenizer(workdir / e["tokenizer"], e["max_length"]),
+                       backend.load(workdir / e["file"], device), e) for e in data["text_encoders"]]
+
+    @property
+    def sdxl(self) -> bool:
+        return self.data["pipeline"]["kind"] == "sdxl"
+
+    def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        hidden, pooled = [], None
+        for tokenizer, session, _ in self.parts:
+            out = session.run_host({"input_ids": tokenizer(text)})
+            hidden.append(out["hidden"])
+            pooled = out.get("pooled", pooled)
+        return np.concatenate(hidden, axis=-1).astype(np.float32), pooled
+
+    def encode(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> PromptEmbeddings:
+        cond, pooled = self._encode(prompt)
+        uncond = neg_pooled = None
+        if guided:
+            if not negative_prompt and self.data["pipeline"].get("force_zeros_for_empty_prompt"):
+                uncond, neg_pooled = np.zeros_like(cond), None if pooled is None else np.zeros_like(pooled)
+            else:
+                uncond, neg_pooled = self._encode(negative_prompt)
+        if not self.sdxl:
+            return PromptEmbeddings(cond, uncond)
+        plan = self.data["plan"]
+        size = np.asarray([[plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]], np.float32)
+        text = np.concatenate([neg_pooled, pooled]) if guided else pooled
+        return PromptEmbeddings(cond, uncond, text.astype(np.float32), np.repeat(size, 2 if guided else 1, axis=0))
