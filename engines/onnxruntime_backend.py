@@ -160,6 +160,10 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if weights_dir is not None:
             options.add_session_config_entry(_WEIGHTS_DIR_KEY, str(weights_dir))
+        # Many sessions run one after another (a segment each), often from several rank threads: idle threads
+        # that spin waiting for work would steal the cores the running session needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if device is not None:
             providers.insert(0, ("CUDAExecutionProvider", self._cuda_options(ort, device, stream)))

@@ -68,7 +68,9 @@ class Simulator:
 
         if segment["name"] not in self._sessions:
             path = str(self.manifest.graph_path(segment))
-            self._sessions[segment["name"]] = ort.InferenceSession(path, providers=self.providers)
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # many small sessions
+            self._sessions[segment["name"]] = ort.InferenceSession(path, options, providers=self.providers)
         return self._sessions[segment["name"]]
 
     def _run(self, segment: dict, r: int) -> None:
