@@ -91,7 +91,8 @@ def run_case(size: int, gpus: int, args: argparse.Namespace) -> dict:
 
 def markdown(records: list[dict]) -> str:
     lines = ["# End to end on GPUs (SDXL architecture, random weights; fp16 UNet, fp32 encoders and VAE)", "",
-             "| size | GPUs | steps | export / build s | encode s | denoise s | decode s | total s | peak MiB per GPU |",
+             "| size | GPUs | steps | export / build s | encode s | denoise s | decode s | total s "
+             "| peak MiB per GPU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         if "error" in r:

@@ -6,8 +6,9 @@ tokens, and the exported graph (MatMul, Softmax) materialises a 230,400^2 score 
 128 latent rows = 1024 pixels, 16,384 tokens, a 1 GB score matrix) fit in a few GB.
 
 Tiles overlap by a quarter of their size, as diffusers' `enable_tiling` does; every tile has the same shape (the
-last one in a row or column is moved back to end at the border), so a static-shape engine could decode them too. Where tiles overlap, each pixel is the weighted mean of
-the tiles covering it, with weights ramping linearly from the tile's inner edge, so there are no seams.
+last one in a row or column is moved back to end at the border), so a static-shape engine could decode them too.
+Where tiles overlap, each pixel is the weighted mean of the tiles covering it, with weights ramping linearly from
+the tile's inner edge, so there are no seams.
 
 Cost: the overlap is decoded twice or more (3840 with 1024-pixel tiles: 5 x 5 tiles, 1.78x the pixels of one
 decode), and each tile normalises with its own GroupNorm statistics, which can shift colours slightly between

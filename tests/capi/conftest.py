@@ -39,25 +39,34 @@ def compile_c(cc, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def unet_workdir(tmp_path_factory) -> Path:
-    """A tiny SD UNet alone (no text encoders, no VAE), 64x64, one rank: quick to load."""
+def unet_workdir(tmp_path_factory):
+    """ranks -> a tiny SD UNet alone (no text encoders, no VAE), 64x64, exported once."""
     from trt_distri.export.exporter import export_unet
     from trt_distri.models import random_unet
 
-    out = tmp_path_factory.mktemp("capi") / "unet"
-    export_unet(ExportRequest("random:tiny-sd", 64, 64, 1, out, precision=Precision.FP32), unet=random_unet("tiny-sd"))
-    return _built(out)
+    root, done = tmp_path_factory.mktemp("capi"), {}
+
+    def get(ranks: int = 1) -> Path:
+        if ranks not in done:
+            out = root / f"unet-n{ranks}"
+            export_unet(ExportRequest("random:tiny-sd", 64, 64, ranks, out, cfg_split=False,
+                                      precision=Precision.FP32), unet=random_unet("tiny-sd"))
+            done[ranks] = _built(out)
+        return done[ranks]
+
+    return get
 
 
 @pytest.fixture(scope="session")
 def pipeline_workdir(tmp_path_factory) -> Path:
-    """A tiny SDXL pipeline (text encoders, UNet, VAE; random weights), 64x64 over two CPU ranks."""
+    """The embedded tiny SDXL pipeline (text encoders, UNet, VAE; random weights; trt_distri.embedded) at 64x64
+    on one rank: the rank count is exercised by the UNet-only work directory (each rank loads its sessions)."""
     from trt_distri.export.pipeline_export import export_pipeline
     from trt_distri.pipeline_models import random_pipeline
 
     root = tmp_path_factory.mktemp("capi")
     random_pipeline("tiny-sdxl", seed=0).save_pretrained(root / "model")
-    export_pipeline(ExportRequest(model=str(root / "model"), height=64, width=64, gpus=2, out_dir=root / "work",
+    export_pipeline(ExportRequest(model=str(root / "model"), height=64, width=64, gpus=1, out_dir=root / "work",
                                   cfg_split=False, precision=Precision.FP32))
     return _built(root / "work")
 

@@ -80,10 +80,11 @@ def test_example_embeddings_equal_the_python_api(compile_c, pipeline_workdir, tm
     assert np.array_equal(_read_ppm(tmp_path / "out.ppm"), expected.image)
 
 
-def test_example_without_a_vae_writes_latents_and_says_why(compile_c, unet_workdir, tmp_path):
-    proc = _run(compile_c(EXAMPLE), unet_workdir, tmp_path / "out")
+def test_example_on_two_ranks_without_a_vae_writes_latents_and_says_why(compile_c, unet_workdir, tmp_path):
+    proc = _run(compile_c(EXAMPLE), unet_workdir(2), tmp_path / "out")
     assert "no image: no VAE in this work directory" in proc.stdout
-    with Generator(unet_workdir, device="cpu") as g:
+    with Generator(unet_workdir(2), device="cpu") as g:
+        assert g.info.world == 2
         cond, uncond, _ = _example_embeddings(g)
         expected = g.generate_from_embeddings(cond, uncond, **STEPS)
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected.latents)
@@ -92,7 +93,7 @@ def test_example_without_a_vae_writes_latents_and_says_why(compile_c, unet_workd
 def test_errors_handles_and_release(compile_c, unet_workdir):
     """Every error path returns a status and a message (never a crash); create/destroy cycles release what
     they take. glibc is limited to one malloc arena, so that RSS measures leaks, not per-thread arenas."""
-    proc = _run(compile_c(HERE / "capi_checks.c"), unet_workdir, 4, env={"MALLOC_ARENA_MAX": "1"}, check=False)
+    proc = _run(compile_c(HERE / "capi_checks.c"), unet_workdir(), 4, env={"MALLOC_ARENA_MAX": "1"}, check=False)
     assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
     numbers = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in proc.stdout.splitlines()
                if line.startswith(("fds ", "rss_kb "))}
@@ -101,20 +102,21 @@ def test_errors_handles_and_release(compile_c, unet_workdir):
 
 
 def test_a_wrong_python_is_an_error_not_a_crash(compile_c, unet_workdir, tmp_path):
-    proc = _run(compile_c(EXAMPLE), unet_workdir, tmp_path / "out", env={"TRT_DISTRI_PYTHON": "/nonexistent/python"},
+    proc = _run(compile_c(EXAMPLE), unet_workdir(), tmp_path / "out", env={"TRT_DISTRI_PYTHON": "/nonexistent/python"},
                 check=False)
     assert proc.returncode == 1 and "TRT_DISTRI_ERROR_PYTHON" in proc.stderr, proc.stderr
     assert "TRT_DISTRI_PYTHON" in proc.stderr.split("TRT_DISTRI_ERROR_PYTHON", 1)[1]
 
 
 def test_library_loaded_into_python_uses_the_running_interpreter(unet_workdir):
+    workdir = str(unet_workdir()).encode()
     code = f"""
 import ctypes, trt_distri.capi as c
 lib = ctypes.CDLL(str(c.library_path()))
 lib.trt_distri_version.restype = lib.trt_distri_last_error.restype = ctypes.c_char_p
 gen = ctypes.c_void_p()
 assert lib.trt_distri_generator_create(b"/nonexistent", None, ctypes.byref(gen)) == 3, lib.trt_distri_last_error()
-assert lib.trt_distri_generator_create({str(unet_workdir).encode()!r}, None, ctypes.byref(gen)) == 0
+assert lib.trt_distri_generator_create({workdir!r}, None, ctypes.byref(gen)) == 0
 assert lib.trt_distri_generator_destroy(gen) == 0 and lib.trt_distri_generator_destroy(gen) == 2
 print(lib.trt_distri_version().decode())
 """
