@@ -54,7 +54,7 @@ def export_unet(request: ExportRequest, unet=None) -> Path:
         manifest = _write(request, unet, plan, tmp)
         manifest["export_seconds"] = round(time.perf_counter() - start, 2)
         Manifest(tmp, manifest).save()
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %d graphs to %s in %.1f s", sum(len(s) for s in manifest["graph_sets"].values()), out,
@@ -112,7 +112,7 @@ def _load_unet(request: ExportRequest):
     return unet.half() if request.precision == Precision.FP16 else unet
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished work directory into place; an old one (with --overwrite) is removed only after."""
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():

@@ -19,7 +19,7 @@ from pathlib import Path
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.errors import ConfigError
 from trt_distri.export.encoders import export_text_encoder, export_vae_decoder
-from trt_distri.export.exporter import _replace, export_unet
+from trt_distri.export.exporter import replace_dir, export_unet
 from trt_distri.export.manifest import MANIFEST_FILE, Manifest
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def export_pipeline(request: ExportRequest, pipeline=None) -> Path:
         manifest.data.update(_write_parts(pipeline, tmp))
         manifest.data["pipeline_export_seconds"] = round(time.perf_counter() - start, 2)
         manifest.save()
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported the text encoder(s) and VAE decoder to %s", out / ENCODERS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ class RunOptions:
     group: int = 0  # guidance group (0: uncond, 1: cond) when the guidance split applies
     split: bool = False
     guidance_scale: float = 5.0
+    on_step: Callable[[int, int], None] | None = None  # (steps done, total), called by world rank 0 (host runs)
 
 
 @dataclass
@@ -122,6 +124,8 @@ class RankExecutor:
             start = self.dev.record(self.compute)
             self._unet("warmup" if sync else "steady", i)
             self._scheduler_step(i)
+            if self.opt.on_step is not None and self.comm.rank == 0 and self.opt.group == 0:
+                self.opt.on_step(i + 1, len(schedule.steps))
             self._events.append((sync, start, self.dev.record(self.compute)))
         self._collect_times()
         return self._gather(latents.shape)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
                           f"{topo.world}, or export again with --gpus {len(gpus)}")
     lib = NcclLibrary()
     ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
+    options = replace(options, on_step=None)  # a host callback does not cross into the worker processes
     payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids,
                "repeats": repeats, "variants": variants}
     specs = [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)]
@@ -74,6 +76,7 @@ def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: Ru
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     groups = Topology.from_manifest(data).groups
     ids = rendezvous_ids(rendezvous, env.world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
-    payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids}
+    payload = {"workdir": str(workdir), "backend": backend, "options": replace(options, on_step=None),
+               "inputs": inputs, "ids": ids}
     report = gpu_worker(WorkerSpec(env.world_rank, env.local_rank, payload))
     return report["latents"], report

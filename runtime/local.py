@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,7 @@ def _rank(workdir: Path, data: dict, inputs: GenerationInputs, options: RunOptio
     guidance_group, rank = topo.place(world_rank)
     device = HostDevice()
     comm = LocalComm(group, world_rank, topo.devices, device)
-    opts = RunOptions(options.warmup_steps, options.no_comm, guidance_group, topo.groups == 2,
-                      inputs.guidance_scale)
+    opts = replace(options, group=guidance_group, split=topo.groups == 2, guidance_scale=inputs.guidance_scale)
     layout = RankLayout.from_manifest(data, rank)
     executor = RankExecutor(data, layout, session_opener(workdir, backend, None, device), device, comm, opts)
     latents, cond = rank_inputs(inputs, data, world_rank)

@@ -35,7 +35,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None, help="checked against the work directory's width")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="cuda: one process per GPU (default where GPUs exist); cpu: every rank in this process")
-    p.add_argument("--gpus", type=str, default=None, help="GPU indices, e.g. 0,1,2,3 (default: the first N, "
+    p.add_argument("--gpus", type=str, default=None, help="N (the first N GPUs) or indices such as 0,1,2,3 (default: the first N, "
                                                            "N = what the work directory was exported for)")
     p.add_argument("--backend", choices=["ort", "trt", "trt-rtx"], default="ort")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")

@@ -57,13 +57,17 @@ class Target:
 
 
 def make_target(device: str | None, gpus: str | None, backend: str = "ort", **extra) -> Target:
-    """A Target from CLI-style strings: device None picks cuda where a GPU exists; gpus "0,1,..." or None."""
+    """A Target from CLI-style strings: device None picks cuda where a GPU exists; gpus "N" (the first N GPUs),
+    "i,j,..." (those indices) or None."""
     indices = None
     if gpus:
         try:
-            indices = tuple(int(g) for g in gpus.split(","))
+            indices = tuple(int(g) for g in gpus.split(",") if g.strip()) if "," in gpus else tuple(range(int(gpus)))
         except ValueError:
-            raise ConfigError(f"cannot read --gpus {gpus!r}. Note: expected GPU indices such as 0,1,2,3") from None
+            raise ConfigError(f"cannot read --gpus {gpus!r}. Note: expected a count such as 4 or GPU indices such "
+                              "as 0,1,2,3") from None
+        if not indices:
+            raise ConfigError(f"--gpus {gpus!r} names no GPU. Note: expected a count >= 1 or indices such as 0,1")
     device = device or ("cuda" if cuda_device_count() else "cpu")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r}. Note: expected cpu or cuda")
@@ -118,11 +122,13 @@ def generation_inputs(data: dict, emb: PromptEmbeddings, steps: int, scheduler: 
                             emb.time_ids)
 
 
-def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target, no_comm: bool = False):
-    """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports)."""
+def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target, no_comm: bool = False,
+            on_step=None):
+    """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports).
+    `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end."""
     from trt_distri.runtime.executor import RunOptions
 
-    options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm)
+    options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step)
     world = data["gpus"] if data.get("cfg_split") else data["plan"]["devices"]
     if target.device == "cpu":
         from trt_distri.runtime.local import run_local
@@ -201,7 +207,8 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
     stages["encode"] = _lap(start, stages)
     report("encode", 1, 1)
     report("denoise", 0, steps)
-    latents, reports = denoise(workdir, data, inputs, warmup_steps, target)
+    latents, reports = denoise(workdir, data, inputs, warmup_steps, target,
+                               on_step=lambda done, total: report("denoise", done, total))
     stages["denoise"] = _lap(start, stages)
     report("denoise", steps, steps)
     image = None
