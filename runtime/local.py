@@ -2,13 +2,14 @@
 
 Each thread is a rank with its own host memory and sessions; they exchange through runtime.comm.LocalComm, which
 implements the communicator interface that NCCL implements on GPUs. A rank that fails aborts the group, so the
-others stop at their next exchange with RankFailedError instead of waiting.
+others stop at their next exchange with RankFailedError instead of waiting. `LocalRanks` keeps every rank's
+executor (sessions, buffers) for many generations; `run_local` is one generation.
 """
 from __future__ import annotations
 
 import json
-import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,52 +22,80 @@ from trt_distri.runtime.host import HostDevice
 from trt_distri.runtime.layout import RankLayout
 from trt_distri.runtime.sessions import session_opener
 
-log = logging.getLogger(__name__)
+
+class LocalRanks:
+    """Every rank of the work directory as a thread of this process, on the CPU."""
+
+    def __init__(self, workdir: Path, data: dict, backend: str = "ort", timeout_s: float = 600.0) -> None:
+        self.data, self.topo, self.timeout_s = data, Topology.from_manifest(data), timeout_s
+        self.group = LocalGroup(self.topo.world, timeout_s)
+        self.executors: list[RankExecutor] = on_every_rank(
+            self.topo.world, lambda w: self._build(Path(workdir), backend, w), self.group)
+
+    def _build(self, workdir: Path, backend: str, world_rank: int) -> RankExecutor:
+        group, rank = self.topo.place(world_rank)
+        device = HostDevice()
+        comm = LocalComm(self.group, world_rank, self.topo.devices, device)
+        opts = RunOptions(group=group, split=self.topo.groups == 2)
+        return RankExecutor(self.data, RankLayout.from_manifest(self.data, rank),
+                            session_opener(workdir, backend, None, device), device, comm, opts)
+
+    def run(self, inputs: GenerationInputs, options: RunOptions) -> np.ndarray:
+        """The final latents (1, C, H, W) of one generation; `times` then holds each rank's step summary."""
+        if self.group.failure is not None or self.group.barrier.broken:
+            self._regroup()
+
+        def rank_main(world_rank: int) -> np.ndarray:
+            ex = self.executors[world_rank]
+            ex.opt = replace(options, group=ex.opt.group, split=ex.opt.split, guidance_scale=inputs.guidance_scale)
+            latents, cond = rank_inputs(inputs, self.data, world_rank)
+            return ex.generate(latents, cond, inputs.schedule)
+
+        return on_every_rank(self.topo.world, rank_main, self.group)[0]
+
+    @property
+    def times(self) -> list[dict]:
+        return [ex.times.summary() for ex in self.executors]
+
+    def _regroup(self) -> None:
+        """A new barrier after a failed generation; the executors keep their sessions."""
+        self.group = LocalGroup(self.topo.world, self.timeout_s)
+        for ex in self.executors:
+            ex.comm.shared = self.group
+
+    def close(self) -> None:
+        self.executors = []
 
 
 def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, backend: str = "ort",
               timeout_s: float = 600.0) -> tuple[np.ndarray, list[dict]]:
-    """Generate on the CPU; returns the final latents (1, C, H, W) and each rank's step-time summary."""
-    workdir = Path(workdir)
-    data = json.loads((workdir / "manifest.json").read_text())
-    topo = Topology.from_manifest(data)
-    group = LocalGroup(topo.world, timeout_s)
-    results: dict[int, tuple[np.ndarray, dict]] = {}
+    """Generate once on the CPU; returns the final latents (1, C, H, W) and each rank's step-time summary."""
+    data = json.loads((Path(workdir) / "manifest.json").read_text())
+    ranks = LocalRanks(Path(workdir), data, backend, timeout_s)
+    try:
+        return ranks.run(inputs, options), ranks.times
+    finally:
+        ranks.close()
+
+
+def on_every_rank(world: int, fn: Callable[[int], object], group: LocalGroup) -> list:
+    """fn(world_rank) on one thread per rank; the error that started a failure (not the ones it caused) is raised."""
+    results: dict[int, object] = {}
     errors: dict[int, BaseException] = {}
 
-    def rank_main(world_rank: int) -> None:
+    def main(w: int) -> None:
         try:
-            results[world_rank] = _rank(workdir, data, inputs, options, backend, group, world_rank, topo)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
-            errors[world_rank] = exc
-            group.abort(f"rank {world_rank}: {type(exc).__name__}: {exc}")
+            results[w] = fn(w)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors[w] = exc
+            group.abort(f"rank {w}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=rank_main, args=(w,), name=f"rank{w}", daemon=True)
-               for w in range(topo.world)]
+    threads = [threading.Thread(target=main, args=(w,), name=f"rank{w}", daemon=True) for w in range(world)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    _raise_first(errors)
-    return results[0][0], [results[w][1] for w in sorted(results)]
-
-
-def _rank(workdir: Path, data: dict, inputs: GenerationInputs, options: RunOptions, backend: str,
-          group: LocalGroup, world_rank: int, topo: Topology) -> tuple[np.ndarray, dict]:
-    guidance_group, rank = topo.place(world_rank)
-    device = HostDevice()
-    comm = LocalComm(group, world_rank, topo.devices, device)
-    opts = replace(options, group=guidance_group, split=topo.groups == 2, guidance_scale=inputs.guidance_scale)
-    layout = RankLayout.from_manifest(data, rank)
-    executor = RankExecutor(data, layout, session_opener(workdir, backend, None, device), device, comm, opts)
-    latents, cond = rank_inputs(inputs, data, world_rank)
-    return executor.generate(latents, cond, inputs.schedule), executor.times.summary()
-
-
-def _raise_first(errors: dict[int, BaseException]) -> None:
-    """Re-raise the error that started it (not the RankFailedError of the ranks it stopped)."""
-    if not errors:
-        return
-    causes = {w: e for w, e in errors.items() if not isinstance(e, RankFailedError)} or errors
-    first = min(causes)
-    raise causes[first]
+    if errors:
+        causes = {w: e for w, e in errors.items() if not isinstance(e, RankFailedError)} or errors
+        raise causes[min(causes)]
+    return [results[w] for w in range(world)]

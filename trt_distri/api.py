@@ -120,7 +120,7 @@ class Generator:
             if rank not in (None, 0):
                 raise InvalidArgumentError(f"on the CPU every rank is a thread of this process. Note: expected "
                                            f"rank -1 or 0, got {rank}")
-            from trt_distri.api_ranks import LocalRanks
+            from trt_distri.runtime.local import LocalRanks
 
             self._ranks = LocalRanks(self.workdir, self.manifest, backend)
         else:
