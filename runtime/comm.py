@@ -5,7 +5,8 @@ has a *partner*: the rank of the other group that owns the same patch. Every cal
 on (a no-op on the host), like NCCL's.
 
 `exchange` is the one collective of the method (docs/design.md): bytes [start, stop) of every rank's exchange
-area land in slot j of every rank's gathered area (slot stride `slot_bytes`), own slot included.
+area land in slot j of every other rank's gathered area (slot stride `slot_bytes`), and the parts a rank reads
+back in its own slot.
 """
 from __future__ import annotations
 
