@@ -67,7 +67,7 @@ def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:
     weights: dict = {}
     emitted = {}
     for set_name, formula in (("warmup", "exact"), ("steady", gn_formula(request.gn_mode))):
-        graph = RankGraph(unet, plan, request.batch, dtype, formula, weights=weights)
+        graph = RankGraph(unet, plan, request.batch, dtype, formula, weights=weights, warmup=set_name == "warmup")
         emitted[set_name] = graph.emit()
     layout = exchange_layout([{"name": v.name, **emitted["warmup"].roles[v.name], "shape": list(v.shape),
                                "dtype": str(v.dtype)} for v in emitted["warmup"].outputs])

@@ -28,10 +28,15 @@ class RankGraph:
     """Emits the graph of one patch; `gn_formula` picks how GroupNorm combines statistics across ranks."""
 
     def __init__(self, unet, plan: PatchPlan, batch: int, dtype: np.dtype, gn_formula: str,
-                 text_len: int = 77, weights: dict | None = None):
+                 text_len: int = 77, weights: dict | None = None, warmup: bool = False):
         check_supported(unet)
         self.unet, self.plan, self.batch, self.n = unet, plan, batch, plan.devices
         self.gn_formula = gn_formula
+        # warm-up emission (synchronous steps, `exact` statistics): a GroupNorm -> SiLU -> conv chain exchanges the
+        # conv's halo rows before normalisation, in the GroupNorm's cut (`rawhalo.<conv>.*`), so it needs one cut
+        if warmup and gn_formula != "exact":
+            raise ValueError(f"the warm-up emission needs gn_formula 'exact', not {gn_formula!r}")
+        self.warmup = warmup
         self.text_len = text_len
         self.b = Builder(np.dtype(dtype))
         if weights is not None:
@@ -63,8 +68,7 @@ class RankGraph:
             h = self._up_block(h, block, f"up_blocks.{i}", res)
         b.cut("block", "conv_out")
         b.scope = "conv_out"
-        h = b.silu(self._group_norm(h, u.conv_norm_out, "conv_norm_out"))
-        h = self._conv(h, u.conv_out, "conv_out")
+        h = self._norm_silu_conv(h, u.conv_norm_out, "conv_norm_out", u.conv_out, "conv_out")
         b.output(b.cast(h, np.float32), "noise_pred", "noise_pred")
         return b
 
@@ -100,8 +104,18 @@ class RankGraph:
         return b.add(temb, aug, aug.shape)
 
     # ---- exchanged layers ----------------------------------------------------------------------------------
-    def _conv(self, x, conv, name: str, latent: bool = False):
-        """A conv on this patch's rows; kernels > 1 read halo rows of the neighbouring patches."""
+    @staticmethod
+    def _halo_rows(conv) -> tuple[int, int]:
+        """(rows above, rows below) of its patch that `conv` reads: `a` = padding, `b` = kernel - padding - stride."""
+        k, s, ph = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        return ph, k - ph - s
+
+    def _conv(self, x, conv, name: str, latent: bool = False, halos=None):
+        """A conv on this patch's rows; kernels > 1 read halo rows of the neighbouring patches.
+
+        `halos` = (rows above, rows below) already computed this step (warm-up GroupNorm chains): the usual
+        `halo.<conv>.top/.bottom` are still written (the first asynchronous step reads them) but not read, and no
+        cut follows them."""
         b = self.b
         k, s = conv.kernel_size[0], conv.stride[0]
         ph, pw = conv.padding
@@ -110,13 +124,16 @@ class RankGraph:
         w, bias = _np(conv.weight), _np(conv.bias)
         if k == 1 or self.n == 1:
             return b.conv(x, w, bias, name, s, [ph, pw, ph, pw], out_rows, out_w)
-        above, below = ph, k - ph - s
+        above, below = self._halo_rows(conv)
         parts = []
         # rank r-1 reads our first `below` rows as its rows below; rank r+1 our last `above` rows as its rows above
         if below:
             b.output(b.slice(x, 2, 0, below), f"halo.{name}.top", "fresh", layer=name)
         if above:
             b.output(b.slice(x, 2, rows - above, rows), f"halo.{name}.bottom", "fresh", layer=name)
+        if halos is not None:
+            parts = [p for p in (halos[0], x, halos[1]) if p is not None]
+            return b.conv(b.concat(parts, axis=2), w, bias, name, s, [0, pw, 0, pw], out_rows, out_w)
         b.cut("latent-halo" if latent else "halo", name)
         if above:
             parts.append(self._stale(f"halo.{name}.above", (x.shape[0], x.shape[1], above, width), x.dtype, name,
@@ -127,11 +144,47 @@ class RankGraph:
                                      entry=f"halo.{name}.top", peer=1))
         return b.conv(b.concat(parts, axis=2), w, bias, name, s, [0, pw, 0, pw], out_rows, out_w)
 
+    def _norm_silu_conv(self, x, norm, norm_name: str, conv, conv_name: str):
+        """conv(silu(group_norm(x))). In the warm-up emission the conv's halo rows are exchanged as rows of `x`
+        (`rawhalo.<conv>.*`) in the GroupNorm's cut and normalised here with this step's global statistics, which
+        saves the halo's own cut. Border ranks read zero raw rows; `valid.<conv>` (ones, zeros at the border) then
+        makes their normalised rows zero, as the conv's zero padding requires."""
+        b = self.b
+        k = conv.kernel_size[0]
+        if not self.warmup or self.n == 1 or k == 1:
+            return self._conv(b.silu(self._group_norm(x, norm, norm_name)), conv, conv_name)
+        above, below = self._halo_rows(conv)
+        rows = x.shape[2]
+
+        def raw_rows():  # emitted just before the GroupNorm's cut, with its statistics
+            if below:
+                b.output(b.slice(x, 2, 0, below), f"rawhalo.{conv_name}.top", "fresh", layer=conv_name)
+            if above:
+                b.output(b.slice(x, 2, rows - above, rows), f"rawhalo.{conv_name}.bottom", "fresh", layer=conv_name)
+            b.output(b.const(np.ones((1, 1, 1, 1)), b.dtype), f"valid.{conv_name}", "fresh", layer=conv_name)
+
+        h, normalise = self._group_norm(x, norm, norm_name, before_cut=raw_rows)
+        h = b.silu(h)
+        halos = []
+        for side, count, entry_side, peer in (("above", above, "bottom", -1), ("below", below, "top", 1)):
+            if not count:
+                halos.append(None)
+                continue
+            raw = self._stale(f"rawhalo.{conv_name}.{side}", (x.shape[0], x.shape[1], count, x.shape[3]), x.dtype,
+                              conv_name, entry=f"rawhalo.{conv_name}.{entry_side}", peer=peer)
+            valid = self._stale(f"valid.{conv_name}.{side}", (1, 1, 1, 1), b.dtype, conv_name,
+                                entry=f"valid.{conv_name}", peer=peer)
+            halos.append(b.mul(b.silu(normalise(raw)), valid))
+        return self._conv(h, conv, conv_name, halos=halos)
+
     def _stale(self, name: str, shape, dtype, layer: str, entry: str, peer: int, wrap: bool = False):
         return self.b.input(name, shape, dtype, "stale", layer=layer,
                             source={"entry": entry, "peer": peer, "wrap": wrap})
 
-    def _group_norm(self, x, norm, name: str):
+    def _group_norm(self, x, norm, name: str, before_cut=None):
+        """GroupNorm of this patch with global statistics. With `before_cut` (a callable that emits more fresh
+        outputs before the statistics' cut) it returns (y, normalise), where `normalise` applies the same global
+        statistics and affine to other rows of the same channels."""
         b = self.b
         weight, bias = _np(norm.weight), _np(norm.bias)
         if self.n == 1:
@@ -144,6 +197,8 @@ class RankGraph:
         local = b.concat([b.unsqueeze(mean, 0), b.unsqueeze(sq, 0)], axis=0)
         if self.gn_formula != "separate":
             b.output(local, f"gn.{name}", "fresh", layer=name)
+        if before_cut is not None:
+            before_cut()
         b.cut("gn", name)
         gmean, gsq = self._combine_stats(local, name, (2, bsz, g))
         var = b.op("Sub", [gsq, b.mul(gmean, gmean)], gmean.shape)
@@ -153,10 +208,16 @@ class RankGraph:
             var = b.op("Where", [negative, local_var, var], var.shape, dtype=np.float32)
         inv = b.op("Reciprocal", [b.op("Sqrt", [b.add(var, b.const(float(norm.eps), np.float32))], var.shape)],
                    var.shape)
-        centered = b.op("Sub", [x32, b.unsqueeze(gmean, 2)], x32.shape)
-        y = b.cast(b.reshape(b.mul(centered, b.unsqueeze(inv, 2)), x.shape), b.dtype)
-        y = b.mul(y, b.weight(f"{name}.weight", weight.reshape(c, 1, 1)))
-        return b.add(y, b.weight(f"{name}.bias", bias.reshape(c, 1, 1)))
+
+        def normalise(v, v32=None):
+            v32 = v32 if v32 is not None else b.cast(b.reshape(v, (bsz, g, c // g * v.shape[2] * width)), np.float32)
+            centered = b.op("Sub", [v32, b.unsqueeze(gmean, 2)], v32.shape)
+            y = b.cast(b.reshape(b.mul(centered, b.unsqueeze(inv, 2)), v.shape), b.dtype)
+            y = b.mul(y, b.weight(f"{name}.weight", weight.reshape(c, 1, 1)))
+            return b.add(y, b.weight(f"{name}.bias", bias.reshape(c, 1, 1)))
+
+        y = normalise(x, x32)
+        return y if before_cut is None else (y, normalise)
 
     def _combine_stats(self, local, name: str, shape):
         """Global (E[x], E[x^2]) per group from this rank's fresh statistics and the peers' stale ones."""
@@ -203,13 +264,11 @@ class RankGraph:
     def _resnet(self, x, r, name: str):
         b = self.b
         b.scope = name
-        h = b.silu(self._group_norm(x, r.norm1, f"{name}.norm1"))
-        h = self._conv(h, r.conv1, f"{name}.conv1")
+        h = self._norm_silu_conv(x, r.norm1, f"{name}.norm1", r.conv1, f"{name}.conv1")
         t = b.linear(b.silu(self.temb), _np(r.time_emb_proj.weight), _np(r.time_emb_proj.bias),
                      f"{name}.time_emb_proj")
         h = b.add(h, b.reshape(t, (t.shape[0], t.shape[1], 1, 1)), h.shape)
-        h = b.silu(self._group_norm(h, r.norm2, f"{name}.norm2"))
-        h = self._conv(h, r.conv2, f"{name}.conv2")
+        h = self._norm_silu_conv(h, r.norm2, f"{name}.norm2", r.conv2, f"{name}.conv2")
         if r.conv_shortcut is not None:
             x = self._conv(x, r.conv_shortcut, f"{name}.conv_shortcut")
         out = b.add(x, h, h.shape)
