@@ -12,9 +12,6 @@ import numpy as np
 
 from trt_distri.export.onnx_builder import Builder
 
-STEP_FILE = "step.onnx"
-
-
 def step_graph(unet_batch: int, channels: int, rows: int, width: int, guided: bool) -> Builder:
     b = Builder(np.dtype(np.float32))
     b.scope = "step"

@@ -16,8 +16,6 @@ from trt_distri.export.onnx_builder import Builder
 from trt_distri.export.plan import PatchPlan
 from trt_distri.export.unet_check import check_supported
 
-# GroupNorm formulas; "exact" is the synchronous one (it needs no stale own statistics).
-GN_FORMULAS = ("exact", "corrected-async", "stale", "separate")
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:

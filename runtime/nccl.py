@@ -48,7 +48,6 @@ class NcclLibrary:
         "ncclGroupEnd": [],
         "ncclCommAbort": [ctypes.c_void_p],
         "ncclCommDestroy": [ctypes.c_void_p],
-        "ncclCommGetAsyncError": [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)],
     }
 
     def __init__(self) -> None:
@@ -91,11 +90,6 @@ class NcclLibrary:
         ctypes.memmove(u.internal, uid, UNIQUE_ID_BYTES)
         self.check(self.lib.ncclCommInitRank(ctypes.byref(comm), size, u, rank), "ncclCommInitRank")
         return comm
-
-    def async_error(self, comm) -> int:
-        err = ctypes.c_int()
-        self.check(self.lib.ncclCommGetAsyncError(comm, ctypes.byref(err)), "ncclCommGetAsyncError")
-        return err.value
 
 
 class NcclComm(Communicator):

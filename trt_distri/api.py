@@ -57,11 +57,6 @@ class Result:
     seconds: float
     image_missing: str | None = None  # why `image` is None
 
-    def require_image(self) -> np.ndarray:
-        if self.image is None:
-            raise UnavailableError(self.image_missing or "this result has no image")
-        return self.image
-
 
 @dataclass(frozen=True)
 class Params:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from trt_distri.errors import ConfigError
-from trt_distri.models import UNET_CONFIGS, random_unet
+from trt_distri.models import random_unet
 
 _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
            "hidden_act": "quick_gelu", "vocab_size": 49408, "projection_dim": 768}
@@ -125,6 +125,3 @@ def load_pipeline(path: str | Path):
                           "by `save_pretrained`") from exc
 
 
-def unet_config_names() -> list[str]:
-    """Shipped configurations that have a whole pipeline (every UNet config has one)."""
-    return sorted(set(UNET_CONFIGS) & set(TEXT_ENCODER_CONFIGS))

@@ -7,7 +7,6 @@ The ids stay below 600, so the same tokenizer also drives the full-size random e
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 #: Merges applied in order; each must join two symbols already in the vocabulary.
 _MERGES = (("t", "h"), ("i", "n"), ("a", "n"), ("e", "r"), ("o", "n"), ("r", "e"), ("th", "e</w>"),
@@ -49,8 +48,3 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
 
 
-def save_tiny_tokenizer(folder: str | Path) -> Path:
-    """Write the tiny tokenizer as a diffusers pipeline's `tokenizer/` folder would hold it."""
-    folder = Path(folder)
-    tiny_clip_tokenizer().save_pretrained(folder)
-    return folder

@@ -14,7 +14,7 @@ from trt_distri.errors import TrtDistriError
 from trt_distri.export.exporter import export_unet
 from trt_distri.export.simulate import Simulator
 from trt_distri.loop import LoopInputs, denoise_linear, make_scheduler
-from trt_distri.models import TEXT_EMBEDS_DIM, random_unet
+from trt_distri.models import TEXT_EMBEDS_DIM
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import GenerationInputs
 from trt_distri.runtime.local import run_local
