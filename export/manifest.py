@@ -21,10 +21,10 @@ def exchange_layout(outputs: list[dict]) -> dict:
         if out["role"] != "fresh":
             continue
         pos += -pos % _ALIGN
-        nbytes = _nbytes(out["shape"], out["dtype"])
+        size = nbytes(out["shape"], out["dtype"])
         entries.append({"name": out["name"], "layer": out["layer"], "role": out["name"].split(".")[0],
-                        "shape": out["shape"], "dtype": out["dtype"], "offset": pos, "nbytes": nbytes})
-        pos += nbytes
+                        "shape": out["shape"], "dtype": out["dtype"], "offset": pos, "nbytes": size})
+        pos += size
     pos += -pos % _ALIGN
     return {"bytes": pos, "entries": entries}
 
@@ -38,8 +38,9 @@ def exchange_range(segment_outputs: list[dict], layout: dict) -> list[int]:
     return [min(e["offset"] for e in fresh), max(e["offset"] + e["nbytes"] for e in fresh)]
 
 
-def _nbytes(shape, dtype: str) -> int:
-    size = {"float16": 2, "float32": 4, "bfloat16": 2}[dtype]
+def nbytes(shape, dtype: str) -> int:
+    """Bytes of a dense tensor of `shape` and numpy dtype name `dtype`."""
+    size = {"float16": 2, "float32": 4, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}[dtype]
     for d in shape:
         size *= d
     return size

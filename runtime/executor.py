@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trt_distri.runtime.comm import Communicator
-from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot, nbytes
+from trt_distri.export.manifest import nbytes
+from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
 from trt_distri.schedule import LinearSchedule
 
 log = logging.getLogger(__name__)
