@@ -68,15 +68,20 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
 
 
 def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, rendezvous: Path,
-                      backend: str = "ort") -> tuple[np.ndarray | None, dict]:
-    """This process is one rank started by torchrun/srun/mpirun; NCCL ids meet in the `rendezvous` directory."""
+                      backend: str = "ort", world_rank: int | None = None,
+                      gpu: int | None = None) -> tuple[np.ndarray | None, dict]:
+    """This process is one rank of a multi-process launch; NCCL ids meet in the `rendezvous` directory.
+    The rank and GPU come from torchrun/srun/mpirun's environment unless given."""
     from trt_distri.runtime.launch import launcher_env, rendezvous_ids
 
-    env = launcher_env()
+    if world_rank is None or gpu is None:
+        env = launcher_env()
+        world_rank = env.world_rank if world_rank is None else world_rank
+        gpu = env.local_rank if gpu is None else gpu
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     groups = Topology.from_manifest(data).groups
-    ids = rendezvous_ids(rendezvous, env.world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
+    ids = rendezvous_ids(rendezvous, world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
     payload = {"workdir": str(workdir), "backend": backend, "options": replace(options, on_step=None),
                "inputs": inputs, "ids": ids}
-    report = gpu_worker(WorkerSpec(env.world_rank, env.local_rank, payload))
+    report = gpu_worker(WorkerSpec(world_rank, gpu, payload))
     return report["latents"], report

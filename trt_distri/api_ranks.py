@@ -36,20 +36,15 @@ class GpuRanks:
 
     def run(self, inputs: GenerationInputs, options: RunOptions) -> np.ndarray | None:
         """The final latents; None on ranks other than world rank 0 of a launch."""
-        from trt_distri.runtime.gpu import gpu_worker, run_gpus
-        from trt_distri.runtime.launch import WorkerSpec, rendezvous_ids
-        from trt_distri.runtime.nccl import NcclLibrary
+        from trt_distri.runtime.gpu import run_gpus, run_launched_rank
 
         if self.rank is None:
             return run_gpus(self.workdir, inputs, options, list(range(self.topo.world)), self.backend)[0]
         directory = self.rendezvous / f"generation-{self.generations}"  # every rank counts the same generations
         self.generations += 1
         directory.mkdir(parents=True, exist_ok=True)
-        ids = rendezvous_ids(directory, self.rank,
-                             lambda: [NcclLibrary().unique_id() for _ in range(self.topo.groups + 1)])
-        payload = {"workdir": str(self.workdir), "backend": self.backend, "options": options, "inputs": inputs,
-                   "ids": ids}
-        return gpu_worker(WorkerSpec(self.rank, self.gpu, payload))["latents"]
+        return run_launched_rank(self.workdir, inputs, options, directory, self.backend, world_rank=self.rank,
+                                 gpu=self.gpu)[0]
 
     def close(self) -> None:
         return None
