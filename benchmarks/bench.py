@@ -3,13 +3,15 @@
   python benchmarks/bench.py --sizes 2048 --gpus 1 2 4 --split both --torch-baseline --out-dir DIR
 
 For every size and GPU count: patches only (guidance batch 2 on every GPU) and, for even counts, the guidance split
-(two groups of N/2 patch ranks, batch 1). Each configuration is exported on the host, prepared for ONNX Runtime
-CUDA, and run twice (the second run is measured) with and without the exchange. Reported per configuration:
-median synchronous and asynchronous step time of the slowest rank (device events), the projected 50-step time
-(5 synchronous + 45 asynchronous steps), the exchange overhead against the no-comm run, bytes exchanged per step
-per GPU, device memory, export/prepare and load times, and the speed-up over 1 GPU on the same backend. The
-latents of each run are compared with the 1-GPU run (PSNR); a run whose latents are not finite is not reported as
-a speed-up. Writes bench.json and bench.md into --out-dir. Also serves issue 7 (pass --gpus 1 2 4 8).
+(two groups of N/2 patch ranks, batch 1). Each configuration is exported on the host and prepared for ONNX Runtime
+CUDA (by exporter processes working ahead while an earlier one is measured), then run in one load: twice with the
+exchange (the second is measured), once without it (no-comm), once with every step synchronous. Reported per
+configuration: median synchronous and asynchronous step time of the slowest rank (device events), the projected
+50-step time (5 synchronous + 45 asynchronous steps), the exchange overhead against the no-comm run, bytes
+exchanged per step per GPU, device memory, export/prepare and load times, and the speed-up over 1 GPU on the same
+backend. The speed-up is refused (and the reason written) unless the fully synchronous latents equal 1 GPU's
+within fp16 tolerance; the asynchronous run's PSNR against 1 GPU is reported beside it. Writes bench.json and
+bench.md into --out-dir. Also serves issue 7 (pass --gpus 1 2 4 8).
 """
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ import argparse
 import datetime
 import json
 import logging
+import multiprocessing
 import platform
+import shutil
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,7 @@ from trt_distri.engines.build import build_workdir
 from trt_distri.export.exporter import export_unet
 from trt_distri.loop import psnr
 from trt_distri.runtime.executor import RunOptions
-from trt_distri.runtime.gpu import run_gpus
+from trt_distri.runtime.gpu import Variant, run_gpus
 
 log = logging.getLogger("bench")
 WARMUP_STEPS_50 = 5  # DistriFusion's default: 4 warm-up steps after step 0
@@ -46,59 +51,130 @@ def configs(gpus: list[int], split: str) -> list[tuple[int, bool]]:
     return out
 
 
-def run_config(unet, size: int, gpus: int, split: bool, args) -> tuple[dict, np.ndarray]:
-    workdir = args.root / f"sdxl-{size}-g{gpus}{'-split' if split else ''}"
-    req = ExportRequest("random:sdxl", size, size, gpus, workdir, cfg_split=split, precision=Precision.FP16,
-                        overwrite=True)
+SYNC_TOLERANCE = 1e-2  # relative RMS difference of fully synchronous latents from 1 GPU's, fp16
+
+
+_UNET = None  # the exporter process's model (random weights, seed 0)
+
+
+def _init_exporter(threads: int, model: str) -> None:
+    global _UNET
+    import torch
+
+    from trt_distri.models import random_unet
+
+    torch.set_num_threads(threads)  # the exporters share the host with the measured ranks' launch threads
+    _UNET = random_unet(model, dtype=torch.float16 if model == "sdxl" else torch.float32)
+
+
+def prepare(model: str, size: int, gpus: int, split: bool, root: Path) -> tuple[Path, float]:
+    """Export and prepare one configuration, in an exporter process, while an earlier one is measured."""
+    workdir = root / f"{model}-{size}-g{gpus}{'-split' if split else ''}"
     t0 = time.perf_counter()
-    export_unet(req, unet=unet)
+    precision = Precision.FP16 if model == "sdxl" else Precision.FP32
+    export_unet(ExportRequest(f"random:{model}", size, size, gpus, workdir, cfg_split=split, precision=precision,
+                              overwrite=True), unet=_UNET)
     build_workdir(workdir, "ort")
-    prepare_s = time.perf_counter() - t0
+    return workdir, round(time.perf_counter() - t0, 1)
+
+
+def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: bool, args) -> tuple[dict, dict]:
     data = json.loads((workdir / "manifest.json").read_text())
     inputs = random_inputs(data, args.steps, "ddim", 5.0, seed=0)
-    latents, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=args.warmup), list(range(gpus)),
-                                repeats=2, variants=[("exchange", False), ("no_comm", True)])
-    row = {"size": size, "gpus": gpus, "split": split, "patch_devices": req.patch_devices, "batch": req.batch,
-           "prepare_s": round(prepare_s, 1), "load_s": max(r["load_s"] for r in reports),
+    variants = [Variant("exchange", repeats=2)]
+    if gpus > 1:  # the diagnostic without exchange, and every step synchronous (must equal 1 GPU within fp16)
+        variants += [Variant("no_comm", no_comm=True, repeats=1),
+                     Variant("sync", warmup_steps=args.steps, repeats=1)]
+    _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=args.warmup), list(range(gpus)), repeats=2,
+                          variants=variants)
+    patch_devices = data["plan"]["devices"]
+    row = {"size": size, "gpus": gpus, "split": split, "prepare_s": prepare_s,
+           "load_s": max(r["load_s"] for r in reports),
            "device_gib_used": round(max(r["device_bytes_used"] for r in reports) / 2**30, 1),
-           "exchange_mb_per_gpu_step": round(data["exchange"]["bytes"] * (req.patch_devices - 1) / 1e6, 1)}
-    for label in ("exchange", "no_comm"):
-        last = [[run for run in r["runs"] if run["variant"] == label][-1] for r in reports]
-        row[label] = {k: max(run[k] or 0 for run in last) for k in ("sync_step_ms", "async_step_ms", "wall_s")}
+           "exchange_mb_per_gpu_step": round(data["exchange"]["bytes"] * (patch_devices - 1) / 1e6, 1)}
+    for v in variants:
+        last = [[run for run in r["runs"] if run["variant"] == v.label][-1] for r in reports]
+        row[v.label] = {k: max(run[k] or 0 for run in last) for k in ("sync_step_ms", "async_step_ms", "wall_s")}
     ex = row["exchange"]
     row["projected_50_s"] = round((WARMUP_STEPS_50 * ex["sync_step_ms"] + (50 - WARMUP_STEPS_50) *
                                    ex["async_step_ms"]) / 1000, 2)
-    row["async_overhead_pct"] = round(100 * (ex["async_step_ms"] / row["no_comm"]["async_step_ms"] - 1), 2)
+    if gpus > 1:
+        row["async_overhead_pct"] = round(100 * (ex["async_step_ms"] / row["no_comm"]["async_step_ms"] - 1), 2)
     log.info("%s", row)
-    return row, latents
+    return row, reports[0]["variant_latents"]
 
 
-def torch_baseline(size: int, steps: int = 5) -> dict:
-    """The diffusers UNet in PyTorch on GPU 0: eager, fp16, SDPA, batch 2 (guidance), device-event median."""
+def compare_with_one_gpu(row: dict, latents: dict, base: tuple[dict, dict] | None) -> None:
+    """Speed-up over 1 GPU, reported only when this configuration computes the same thing: its fully synchronous
+    latents must match 1 GPU's within fp16 tolerance; the asynchronous run's PSNR is reported beside it."""
+    if base is None or row["gpus"] == 1:
+        return
+    reference = base[1]["exchange"]
+    sync, run = latents["sync"], latents["exchange"]
+    if not (np.isfinite(sync).all() and np.isfinite(run).all()):
+        row["refused"] = "latents are not finite"
+        return
+    rel = float(np.linalg.norm(sync - reference) / np.linalg.norm(reference))
+    row["sync_rel_rms"] = float(f"{rel:.2e}")
+    if rel > SYNC_TOLERANCE:
+        row["refused"] = (f"fully synchronous latents differ from 1 GPU's by {rel:.2e} relative RMS "
+                          f"(fp16 tolerance {SYNC_TOLERANCE:.0e})")
+        return
+    row["speedup"] = round(base[0]["projected_50_s"] / row["projected_50_s"], 2)
+    row["psnr_db"] = round(psnr(run, reference), 1)
+
+
+def torch_baseline(unet_cpu, size: int, steps: int = 5) -> dict:
+    """The diffusers UNet in PyTorch on GPU 0: fp16, SDPA, batch 2 (guidance), eager and replayed as one CUDA
+    graph; device-event medians."""
+    import copy
+
     import torch
 
-    from trt_distri.models import TEXT_EMBEDS_DIM, random_unet
+    from trt_distri.models import TEXT_EMBEDS_DIM
 
-    unet = random_unet("sdxl", dtype=torch.float16).cuda()
+    unet = copy.deepcopy(unet_cpu).cuda()  # the CPU model stays for the next size
     b, h = 2, size // 8
     x = torch.randn(b, 4, h, h, device="cuda", dtype=torch.float16)
+    t = torch.tensor([500.0], device="cuda")
     enc = torch.randn(b, 77, 2048, device="cuda", dtype=torch.float16)
     added = {"text_embeds": torch.randn(b, TEXT_EMBEDS_DIM["sdxl"], device="cuda", dtype=torch.float16),
              "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, device="cuda", dtype=torch.float16)}
-    times = []
-    with torch.no_grad():
+
+    def call():
+        return unet(x, t, enc, added_cond_kwargs=added).sample
+
+    def timed(fn) -> float:
+        times = []
         for i in range(steps + 2):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            unet(x, torch.tensor([500.0], device="cuda"), enc, added_cond_kwargs=added)
+            fn()
             end.record()
             torch.cuda.synchronize()
             if i >= 2:
                 times.append(start.elapsed_time(end))
-    del unet
-    torch.cuda.empty_cache()
-    return {"size": size, "step_ms": round(float(np.median(times)), 1),
-            "projected_50_s": round(50 * float(np.median(times)) / 1000, 2), "torch": torch.__version__}
+        return float(np.median(times))
+
+    out = {"size": size, "torch": torch.__version__}
+    with torch.no_grad():
+        out["eager_ms"] = round(timed(call), 1)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    call()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            out["cuda_graph_ms"] = round(timed(graph.replay), 1)
+            del graph
+        except Exception as exc:  # noqa: BLE001 - recorded: the eager figure still stands
+            out["cuda_graph_error"] = f"{type(exc).__name__}: {exc}"
+    out["projected_50_s"] = round(50 * min(out["eager_ms"], out.get("cuda_graph_ms", 1e9)) / 1000, 2)
+    return out  # the model and graph are freed with this frame
 
 
 def markdown(result: dict) -> str:
@@ -107,17 +183,21 @@ def markdown(result: dict) -> str:
              f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
              "synchronous + 45 asynchronous steps.", "",
              "| size | GPUs | split | sync ms | async ms | no-comm async ms | overhead | projected 50 steps | speed-up "
-             "| PSNR vs 1 GPU | exchange MB/GPU/step | GiB used |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| sync vs 1 GPU (rel. RMS) | async PSNR vs 1 GPU | exchange MB/GPU/step | GiB used "
+             "| export+prepare / load s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
-        lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | "
-                     f"{r['exchange']['sync_step_ms']:.1f} | {r['exchange']['async_step_ms']:.1f} | "
-                     f"{r['no_comm']['async_step_ms']:.1f} | {r['async_overhead_pct']} % | {r['projected_50_s']} s | "
-                     f"{r.get('speedup', '-')} | {r.get('psnr_db', '-')} | {r['exchange_mb_per_gpu_step']} | "
-                     f"{r['device_gib_used']} |")
+        ex = r["exchange"]
+        comm = (f"{r['no_comm']['async_step_ms']:.1f} | {r['async_overhead_pct']} %" if r["gpus"] > 1 else "- | -")
+        speedup = r.get("speedup", f"refused: {r['refused']}" if "refused" in r else "-")
+        lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {ex['sync_step_ms']:.1f} | "
+                     f"{ex['async_step_ms']:.1f} | {comm} | {r['projected_50_s']} s | {speedup} | "
+                     f"{r.get('sync_rel_rms', '-')} | {r.get('psnr_db', '-')} | {r['exchange_mb_per_gpu_step']} | "
+                     f"{r['device_gib_used']} | {r['prepare_s']} / {r['load_s']} |")
     for t in result.get("torch_baseline", []):
-        lines.append(f"\nPyTorch {t['torch']} diffusers UNet, 1 GPU, eager fp16 SDPA, {t['size']}: {t['step_ms']} ms "
-                     f"per step, {t['projected_50_s']} s per 50 steps.")
+        graph = f"{t['cuda_graph_ms']} ms" if "cuda_graph_ms" in t else f"failed ({t.get('cuda_graph_error')})"
+        lines.append(f"\nPyTorch {t['torch']} diffusers UNet, 1 GPU, fp16 SDPA, {t['size']}: eager {t['eager_ms']} ms "
+                     f"per step, CUDA graph {graph}; {t['projected_50_s']} s per 50 steps (the faster).")
     return "\n".join(lines) + "\n"
 
 
@@ -126,38 +206,71 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048])
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--split", choices=["no", "yes", "both"], default="both")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per run (default 10: 5 sync + 5 async)")
+    ap.add_argument("--warmup", type=int, default=4, help="steps 0..warmup run synchronously")
     ap.add_argument("--torch-baseline", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the exported work directories (default: delete)")
+    ap.add_argument("--model", default="sdxl", help="shipped architecture with random weights (tests: tiny-sdxl)")
+    ap.add_argument("--exporters", type=int, default=2, help="exporter processes working ahead of the measurement")
     ap.add_argument("--root", type=Path, default=Path("/tmp/trt-distri-bench"))
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--merge", type=Path, nargs="+", help="only join these bench.json files (parts of one session, "
+                    "e.g. one per device call) into --out-dir's bench.json and bench.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.merge:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        _write(merge([json.loads(p.read_text()) for p in args.merge]), args.out_dir)
+        return
     import onnxruntime
     import torch
 
     from trt_distri.models import random_unet
 
-    result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0),
-              "gpus_on_host": torch.cuda.device_count(), "host": platform.node(), "ort": onnxruntime.__version__,
+    result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "gpus_on_host": torch.cuda.device_count(), "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "warmup": args.warmup, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    unet = random_unet("sdxl", dtype=torch.float16)
-    for size in args.sizes:
+    todo = [(size, g, split) for size in args.sizes for g, split in configs(args.gpus, args.split)]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.exporters, mp_context=spawn, initializer=_init_exporter,
+                             initargs=(4, args.model)) as pool, \
+            ThreadPoolExecutor(1) as loader:
+        unet = loader.submit(random_unet, "sdxl", dtype=torch.float16) if args.torch_baseline else None
+        ahead: dict[int, Future] = {}
+        for j in range(min(args.exporters, len(todo))):
+            ahead[j] = pool.submit(prepare, args.model, *todo[j], args.root)
         base = None
-        for gpus, split in configs(args.gpus, args.split):
-            row, latents = run_config(unet, size, gpus, split, args)
+        for i, (size, gpus, split) in enumerate(todo):
+            workdir, prepare_s = ahead.pop(i).result()
+            if i + args.exporters < len(todo):
+                ahead[i + args.exporters] = pool.submit(prepare, args.model, *todo[i + args.exporters],
+                                                             args.root)
+            row, latents = run_config(workdir, prepare_s, size, gpus, split, args)
+            row["export_overlapped"] = bool(ahead)  # exports ran on the host's CPU beside the measured run
             if gpus == 1:
                 base = (row, latents)
-            elif base is not None and np.isfinite(latents).all():
-                row["speedup"] = round(base[0]["projected_50_s"] / row["projected_50_s"], 2)
-                row["psnr_db"] = round(psnr(latents, base[1]), 1)
+            compare_with_one_gpu(row, latents, base if base and base[0]["size"] == size else None)
             result["rows"].append(row)
             _write(result, args.out_dir)
-        if args.torch_baseline:
-            result.setdefault("torch_baseline", []).append(torch_baseline(size))
-            _write(result, args.out_dir)
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if unet is not None and (i + 1 == len(todo) or todo[i + 1][0] != size):
+                result.setdefault("torch_baseline", []).append(torch_baseline(unet.result(), size))
+                torch.cuda.empty_cache()
+                _write(result, args.out_dir)
+
+
+def merge(parts: list[dict]) -> dict:
+    """Rows and PyTorch baselines of several runs on one host; the commands are joined."""
+    if len({(p["gpu"], p["host"], p["steps"], p["warmup"]) for p in parts}) != 1:
+        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps or warm-up; they were not measured "
+                         "in one session. Note: " + ", ".join(f"{p['gpu']}@{p['host']}" for p in parts))
+    out = dict(parts[0], rows=[r for p in parts for r in p["rows"]],
+               command="; ".join(p["command"] for p in parts))
+    out["torch_baseline"] = [t for p in parts for t in p.get("torch_baseline", [])]
+    return out
 
 
 def _write(result: dict, out_dir: Path) -> None:

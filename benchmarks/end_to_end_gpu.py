@@ -81,7 +81,7 @@ def run_case(size: int, gpus: int, args: argparse.Namespace) -> dict:
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
                                     warmup_steps=args.warmup_steps, seed=0, target=target)
         (args.root / f"sdxl-{size}-n{gpus}.png").write_bytes(png_bytes(result.image))
-        record.update(seconds=round(result.seconds, 2), stages=result.stages, summary=result.summary,
+        record.update(seconds=round(result.seconds, 2), stages=result.stages, ranks=result.ranks, summary=result.summary,
                       peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak.items()) if k < gpus})
     except Exception as exc:  # noqa: BLE001 - recorded, the next case still runs
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -89,18 +89,31 @@ def run_case(size: int, gpus: int, args: argparse.Namespace) -> dict:
     return record
 
 
+def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
+    """The UNet loop's time as bench.py projects it from its step medians (same size and GPUs, patches only)."""
+    rows = [r for r in (bench or {}).get("rows", []) if (r["size"], r["gpus"], r["split"]) ==
+            (record["size"], record["gpus"], False)]
+    if not rows:
+        return None
+    sync = min(record["warmup_steps"] + 1, record["steps"])
+    ex = rows[-1]["exchange"]
+    return round((sync * ex["sync_step_ms"] + (record["steps"] - sync) * ex["async_step_ms"]) / 1000, 2)
+
+
 def markdown(records: list[dict]) -> str:
     lines = ["# End to end on GPUs (SDXL architecture, random weights; fp16 UNet, fp32 encoders and VAE)", "",
-             "| size | GPUs | steps | export / build s | encode s | denoise s | decode s | total s "
-             "| peak MiB per GPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| size | GPUs | steps | export / build s | encode s | denoise s (rank load s, UNet loop s) "
+             "| UNet loop projected by bench.py s | decode s | total s | peak MiB per GPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | | failed: {r['error'][:120]} | | | | |")
+            lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | | failed: {r['error'][:120]} | | | | | |")
             continue
         s, p = r["stages"], r["prepare"]
         lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | {p.get('export_s', '-')} / {p['build_s']} | "
-                     f"{s['encode']} | {s['denoise']} | {s.get('decode', '-')} | {r['seconds']} | "
+                     f"{s['encode']} | {s['denoise']} ({r['ranks'].get('load_s', '-')}, "
+                     f"{r['ranks'].get('loop_s', '-')}) | {r.get('projected_denoise_s') or '-'} | "
+                     f"{s.get('decode', '-')} | {r['seconds']} | "
                      f"{', '.join(f'{v}' for v in r['peak_mib_per_gpu'].values())} |")
     return "\n".join(lines) + "\n"
 
@@ -113,11 +126,16 @@ def main() -> None:
     parser.add_argument("--backend", default="ort")
     parser.add_argument("--root", type=Path, default=Path("/tmp/trt-distri-e2e"))
     parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end_gpu.json")
+    parser.add_argument("--bench", type=Path, nargs="+", default=[RESULTS / "bench.json"],
+                        help="bench.py's results, to set the measured UNet loop beside its projection")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.root.mkdir(parents=True, exist_ok=True)
     cases = [tuple(int(v) for v in c.split(":")) for c in (args.case or ["2048:2", "3840:4"])]
     records = [run_case(size, gpus, args) for size, gpus in cases]
+    bench = {"rows": [r for p in args.bench if p.is_file() for r in json.loads(p.read_text())["rows"]]}
+    for r in records:
+        r["projected_denoise_s"] = projected_denoise_s(r, bench)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": records,
               "gpus": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from trt_distri.config import ExportRequest, Precision
 from trt_distri.engines.build import build_workdir
 from trt_distri.export.exporter import export_unet
 from trt_distri.runtime.executor import RunOptions
-from trt_distri.runtime.gpu import run_gpus
+from trt_distri.runtime.gpu import Variant, run_gpus
 from trt_distri.runtime.local import run_local
 from trt_distri.cli_run import random_inputs
 
@@ -74,7 +74,7 @@ def sdxl_overhead(root: Path, size: int, devices: list[int], steps: int, warmup:
         inputs = random_inputs(data, steps, "ddim", 5.0, seed=0)
         row = {"size": size, "devices": n, "steps": steps, "warmup_steps": warmup}
         _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=warmup), list(range(n)), repeats=2,
-                              variants=[("exchange", False), ("no_comm", True)])
+                              variants=[Variant("exchange"), Variant("no_comm", no_comm=True)])
         row["load_s"] = max(r["load_s"] for r in reports)
         row["device_gib_used"] = round(max(r["device_bytes_used"] for r in reports) / 2**30, 1)
         for label in ("exchange", "no_comm"):

@@ -11,6 +11,7 @@ stream; the run is not synchronized (`disable_synchronize_execution_providers`).
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +28,7 @@ _NO_SYNC_KEY = "disable_synchronize_execution_providers"
 
 
 _SHARED_ARENAS: dict[int, bool] = {}
+_ARENA_LOCK = threading.Lock()  # sessions of one rank are opened from several threads
 
 
 def _share_device_arena(ort: ModuleType, device: int) -> bool:
@@ -35,6 +37,11 @@ def _share_device_arena(ort: ModuleType, device: int) -> bool:
     A work directory has one session per segment (173 for SDXL); with an arena each, memory grows to the sum of
     their peaks (116 GiB per GPU at 2048x2048 on 2 GPUs). Sessions run one after another on one stream, so one
     shared arena only needs the largest peak. Where registration fails, sessions keep their own arenas."""
+    with _ARENA_LOCK:
+        return _register_arena(ort, device)
+
+
+def _register_arena(ort: ModuleType, device: int) -> bool:
     if device not in _SHARED_ARENAS:
         try:
             info = ort.OrtMemoryInfo("Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, device, ort.OrtMemType.DEFAULT)

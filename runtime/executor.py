@@ -10,8 +10,10 @@ the exchange is synchronous. The same rule serves both; nothing else orders the 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,7 @@ from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
 from trt_distri.schedule import LinearSchedule
 
 log = logging.getLogger(__name__)
+LOAD_THREADS = int(os.environ.get("TRT_DISTRI_LOAD_THREADS", "4"))
 
 
 @dataclass
@@ -54,6 +57,14 @@ class StepTimes:
                 "sync_steps": len(self.sync_ms), "async_steps": len(self.async_ms)}
 
 
+def _open_all(open_session, segments: list[dict], stream: int) -> list:
+    """Open every segment's session, several at a time: session creation (graph parsing, kernel selection, weight
+    upload) is mostly native code, and an SDXL work directory has about 140 sessions per rank."""
+    workers = max(1, min(LOAD_THREADS, len(segments)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="load") as pool:
+        return list(pool.map(lambda seg: open_session(seg, stream), segments))
+
+
 class RankExecutor:
     """Runs the work directory's graphs for one rank; `device` is runtime.host.HostDevice or a CUDA device."""
 
@@ -63,8 +74,9 @@ class RankExecutor:
         self.m, self.layout, self.dev, self.comm, self.opt = manifest, layout, device, comm, options
         self.compute, self.comm_stream = device.stream(), device.stream()
         segments = [s for segs in manifest["graph_sets"].values() for s in segs]
-        self.sessions = {s["name"]: open_session(s, self.compute) for s in segments}
-        self.sessions["step"] = open_session(manifest["step"], self.compute)
+        opened = _open_all(open_session, segments + [manifest["step"]], self.compute)
+        self.sessions = {s["name"]: session for s, session in zip(segments, opened)}
+        self.sessions["step"] = opened[-1]
         self.ptr = {name: device.alloc(size) for name, size in self._buffer_sizes().items()}
         for name in ("zeros", "area", "gathered"):
             device.memset(self.ptr[name], 0, layout.buffers[name], self.compute)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,16 @@ from trt_distri.runtime.launch import WorkerSpec, supervise
 from trt_distri.runtime.layout import RankLayout
 from trt_distri.runtime.nccl import NcclComm, NcclLibrary
 from trt_distri.runtime.sessions import session_opener
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the loaded sessions: benchmarks compare variants within one load (and one warm GPU)."""
+
+    label: str
+    no_comm: bool = False  # skip the exchange (the paper's "No Comm." diagnostic)
+    warmup_steps: int | None = None  # None: the run's own; a number >= steps - 1 makes every step synchronous
+    repeats: int | None = None  # None: run_gpus' repeats
 
 
 def gpu_worker(spec: WorkerSpec) -> dict:
@@ -33,22 +43,26 @@ def gpu_worker(spec: WorkerSpec) -> dict:
                             session_opener(Path(p["workdir"]), p["backend"], spec.device), device, comm, opts)
     load_s = time.perf_counter() - start
     latents, cond = rank_inputs(p["inputs"], data, spec.world_rank)
-    runs = []
-    for label, no_comm in p.get("variants") or [("run", opt.no_comm)]:  # e.g. with and without the exchange
-        executor.opt.no_comm = no_comm
-        for _ in range(p.get("repeats", 1)):
+    runs, outputs = [], {}
+    for v in p.get("variants") or [Variant("run", opt.no_comm)]:
+        executor.opt.no_comm = v.no_comm
+        executor.opt.warmup_steps = opt.warmup_steps if v.warmup_steps is None else v.warmup_steps
+        for _ in range(p.get("repeats", 1) if v.repeats is None else v.repeats):
             t0 = time.perf_counter()
             out = executor.generate(latents, cond, p["inputs"].schedule)
-            runs.append({"variant": label, "wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
+            runs.append({"variant": v.label, "wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
+        outputs[v.label] = out
     comm.close()
-    return {"latents": out if spec.world_rank == 0 else None, "load_s": round(load_s, 2), "runs": runs,
-            "device_bytes_used": device.peak_memory(), "gpu": spec.device}
+    first = spec.world_rank == 0
+    return {"latents": out if first else None, "variant_latents": outputs if first else None,
+            "load_s": round(load_s, 2), "runs": runs, "device_bytes_used": device.peak_memory(), "gpu": spec.device}
 
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
              backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0,
-             variants: list[tuple[str, bool]] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns latents and rank reports."""
+             variants: list[Variant] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns the last run's latents and
+    the rank reports (rank 0's holds every variant's latents under `variant_latents`)."""
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     topo = Topology.from_manifest(data)
     if len(gpus) != topo.world:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trt_distri.errors import ConfigError
 from trt_distri.export.manifest import nbytes
 
 _ALIGN = 256
@@ -46,6 +47,10 @@ class RankLayout:
     @classmethod
     def from_manifest(cls, data: dict, rank: int) -> "RankLayout":
         n = data["plan"]["devices"]
+        if not 0 <= rank < n:
+            raise ConfigError(f"patch rank {rank} does not exist: the work directory splits the image into {n} "
+                              f"patch(es). Note: expected a rank in 0..{n - 1}, got {rank}. Fix: pass a rank below {n},"
+                              " or export for more GPUs")
         layout = cls(rank, n, data["exchange"]["bytes"])
         layout.buffers.update({"area": layout.area_bytes, "gathered": n * layout.area_bytes})
         entries = {e["name"]: e for e in data["exchange"]["entries"]}

@@ -37,6 +37,7 @@ class ImageResult:
     seconds: float
     summary: str
     stages: dict[str, float] = field(default_factory=dict)  # seconds of encode, denoise, decode
+    ranks: dict[str, float] = field(default_factory=dict)  # GPU ranks: slowest load_s, loop_s (inside "denoise")
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,17 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
         stages["decode"] = _lap(start, stages)
     seconds = time.perf_counter() - start
     return ImageResult(image, latents, seconds, summary(data, target, steps, warmup_steps, seconds, stages, reports),
-                       stages)
+                       stages, rank_times(reports))
+
+
+def rank_times(reports: list[dict]) -> dict[str, float]:
+    """The slowest GPU rank's session load and UNet loop (the rest of "denoise" is process start-up)."""
+    out = {}
+    for key, values in (("load_s", [r.get("load_s") for r in reports]),
+                        ("loop_s", [r["runs"][-1].get("wall_s") for r in reports if r.get("runs")])):
+        if values and all(v is not None for v in values):
+            out[key] = max(values)
+    return out
 
 
 def _lap(start: float, stages: dict[str, float]) -> float:

@@ -74,6 +74,17 @@ def test_no_comm_skips_the_exchange(tiny_sd, tmp_path):
     assert np.isfinite(skipped).all() and not np.array_equal(normal, skipped)
 
 
+def test_a_rank_outside_the_plan_is_refused(tiny_sd, tmp_path):
+    import json
+
+    from trt_distri.runtime.layout import RankLayout
+
+    data = json.loads((_export(tiny_sd, "tiny-sd", tmp_path, 2) / "manifest.json").read_text())
+    assert RankLayout.from_manifest(data, 1).rank == 1
+    with pytest.raises(TrtDistriError, match=r"patch rank 2 does not exist.*expected a rank in 0\.\.1, got 2"):
+        RankLayout.from_manifest(data, 2)
+
+
 def test_a_failing_rank_stops_every_rank_quickly(tiny_sd, tmp_path, monkeypatch):
     workdir = _export(tiny_sd, "tiny-sd", tmp_path, 2)
     _, _, gen = _inputs(tiny_sd, "tiny-sd")
