@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 and issue 5 measurements on one 4-GPU host, in parts that each fit one device call (10 minutes).
 #   benchmarks/run_all.sh OUT PART      PART: 3840 | 2048 | reference | e2e
+# (the kernel profile is separate: benchmarks/profile_gpu.py on one GPU, see docs/benchmarks.md)
 # (2048 also measures 1024, patches only; the reference's 1-GPU figure is bench.py's PyTorch CUDA-graph baseline)
 # Run the parts on the same warm machine (one lease), then join them here:
 #   python benchmarks/bench.py --merge OUT/bench-*/bench.json --out-dir benchmarks/results
@@ -12,11 +13,8 @@ part=${2:?usage: run_all.sh OUT PART}
 mkdir -p "$out"
 case "$part" in
   3840)
-    python benchmarks/bench.py --sizes 3840 --gpus 1 2 4 --split both --torch-baseline --keep --root /tmp/b3840 \
-      --out-dir "$out/bench-3840"
-    python benchmarks/profile_gpu.py /tmp/b3840/sdxl-3840-g1 --steps 4 --out "$out/profile/3840-g1-r0.json"
-    python benchmarks/profile_gpu.py /tmp/b3840/sdxl-3840-g4 --rank 1 --steps 4 --out "$out/profile/3840-g4-r1.json"
-    rm -rf /tmp/b3840 ;;
+    python benchmarks/bench.py --sizes 3840 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b3840 \
+      --out-dir "$out/bench-3840" ;;
   2048)
     python benchmarks/bench.py --sizes 2048 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b2048 \
       --out-dir "$out/bench-2048"
