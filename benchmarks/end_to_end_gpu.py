@@ -16,10 +16,13 @@ import argparse
 import datetime
 import json
 import logging
+import multiprocessing
 import subprocess
+import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from trt_distri.config import ExportRequest, Precision
@@ -57,25 +60,31 @@ class MemoryPoller:
         self._thread.join()
 
 
-def prepare(size: int, gpus: int, root: Path, backend: str) -> tuple[Path, dict]:
+def export_case(size: int, gpus: int, root: Path) -> float:
+    """Export one case's pipeline (UNet, text encoders, VAE) unless already there; returns the seconds taken."""
     out = root / f"sdxl-{size}-n{gpus}"
-    times = {}
-    if not (out / "manifest.json").is_file():
-        t0 = time.perf_counter()
-        export_pipeline(ExportRequest("random:sdxl", size, size, gpus, out, cfg_split=False,
-                                      precision=Precision.FP16, overwrite=True))
-        times["export_s"] = round(time.perf_counter() - t0, 1)
+    if (out / "manifest.json").is_file():
+        return 0.0
+    t0 = time.perf_counter()
+    export_pipeline(ExportRequest("random:sdxl", size, size, gpus, out, cfg_split=False, precision=Precision.FP16,
+                                  overwrite=True))
+    return round(time.perf_counter() - t0, 1)
+
+
+def prepare(size: int, gpus: int, root: Path, backend: str, export_s: float | None = None) -> tuple[Path, dict]:
+    out = root / f"sdxl-{size}-n{gpus}"
+    times = {"export_s": export_case(size, gpus, root) if export_s is None else export_s}
     t0 = time.perf_counter()
     build_workdir(out, backend)
     times["build_s"] = round(time.perf_counter() - t0, 1)
     return out, times
 
 
-def run_case(size: int, gpus: int, args: argparse.Namespace) -> dict:
+def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | None = None) -> dict:
     record: dict = {"size": size, "gpus": gpus, "steps": args.steps, "warmup_steps": args.warmup_steps,
                     "backend": args.backend}
     try:
-        workdir, record["prepare"] = prepare(size, gpus, args.root, args.backend)
+        workdir, record["prepare"] = prepare(size, gpus, args.root, args.backend, export_s)
         target = Target("cuda", tuple(range(gpus)), args.backend)
         with MemoryPoller() as memory:
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
@@ -124,6 +133,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=4)
     parser.add_argument("--backend", default="ort")
+    parser.add_argument("--parallel-export", action="store_true", help="export every case at once first")
     parser.add_argument("--root", type=Path, default=Path("/tmp/trt-distri-e2e"))
     parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end_gpu.json")
     parser.add_argument("--bench", type=Path, nargs="+", default=[RESULTS / "bench.json"],
@@ -132,16 +142,30 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.root.mkdir(parents=True, exist_ok=True)
     cases = [tuple(int(v) for v in c.split(":")) for c in (args.case or ["2048:2", "3840:4"])]
-    records = [run_case(size, gpus, args) for size, gpus in cases]
+    exported: list = [None] * len(cases)  # seconds, None (export in run_case) or the export's exception
+    if args.parallel_export and len(cases) > 1:  # CPU work: all cases at once, then the GPU runs one by one
+        with ProcessPoolExecutor(len(cases), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(export_case, size, gpus, args.root) for size, gpus in cases]
+            exported = [job.exception() or job.result() for job in jobs]
     bench = {"rows": [r for p in args.bench if p.is_file() for r in json.loads(p.read_text())["rows"]]}
-    for r in records:
-        r["projected_denoise_s"] = projected_denoise_s(r, bench)
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": records,
-              "gpus": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(records))
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()
+    records: list[dict] = []
+    for (size, gpu_count), export_s in zip(cases, exported):  # written after every case: a cut run keeps its part
+        if isinstance(export_s, BaseException):
+            record = {"size": size, "gpus": gpu_count, "steps": args.steps, "error": f"export: {export_s!r}"}
+        else:
+            record = run_case(size, gpu_count, args, export_s)
+        record["projected_denoise_s"] = projected_denoise_s(record, bench) if "error" not in record else None
+        records.append(record)
+        _write(args.out, {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": records,
+                          "gpus": gpus, "command": "python benchmarks/end_to_end_gpu.py " + " ".join(sys.argv[1:])})
     print(args.out.with_suffix(".md").read_text())
+
+
+def _write(out: Path, report: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report["cases"]))
 
 
 if __name__ == "__main__":

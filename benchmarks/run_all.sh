@@ -31,6 +31,6 @@ case "$part" in
     ) ;;
   e2e)
     python benchmarks/end_to_end_gpu.py --case 2048:2 --case 3840:4 --steps 30 --root /tmp/e2e \
-      --out "$out/e2e/end_to_end_gpu.json" --bench "$out"/bench-*/bench.json ;;
+      --parallel-export --out "$out/e2e/end_to_end_gpu.json" --bench "$out"/bench-*/bench.json ;;
   *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 2048, reference, e2e" >&2; exit 2 ;;
 esac
