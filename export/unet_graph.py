@@ -2,7 +2,8 @@
 
 The graph is rank-independent (docs/design.md): border ranks are fed zero halos. Layers are read from the diffusers
 modules themselves (heads, eps, strides), so SD 1.x/2.x- and SDXL-shaped UNets are covered by the same code.
-Tensors that cross ranks are named after the diffusers module path: `halo.<conv>.top`, `kv.<attn1>`, `gn.<norm>`.
+Tensors that cross ranks are named after the diffusers module path: `halo.<conv>.top`, `k.<attn1>` and
+`v.<attn1>`, `gn.<norm>`.
 """
 from __future__ import annotations
 
@@ -248,15 +249,19 @@ class RankGraph:
         return b.linear(o, _np(attn.to_out[0].weight), _np(attn.to_out[0].bias), f"{name}.to_out.0")
 
     def _exchange_kv(self, k, v, name: str):
+        """Keys and values are separate exchange entries: stale inputs bind straight to the peers' bytes (no
+        unpacking copy); the fresh outputs are written once and attention concatenates own + peers."""
         b = self.b
-        b.output(b.concat([b.unsqueeze(k, 0), b.unsqueeze(v, 0)], axis=0), f"kv.{name}", "fresh", layer=name)
+        b.output(k, f"k.{name}", "fresh", layer=name)
+        b.output(v, f"v.{name}", "fresh", layer=name)
         b.cut("kv", name)
-        shape = (2,) + tuple(k.shape)
-        peers = [self._stale(f"kv.{name}.peer{p}", shape, k.dtype, name, f"kv.{name}", p, wrap=True)
-                 for p in range(1, self.n)]
-        keys = b.concat([k] + [b.take(p, 0) for p in peers], axis=1)
-        values = b.concat([v] + [b.take(p, 1) for p in peers], axis=1)
-        return keys, values
+
+        def everyone(kind: str, own):
+            peers = [self._stale(f"{kind}.{name}.peer{p}", tuple(own.shape), own.dtype, name, f"{kind}.{name}", p,
+                                 wrap=True) for p in range(1, self.n)]
+            return b.concat([own] + peers, axis=1)
+
+        return everyone("k", k), everyone("v", v)
 
     # ---- blocks --------------------------------------------------------------------------------------------
     def _resnet(self, x, r, name: str):
