@@ -28,6 +28,7 @@ from trt_distri.export.unet_graph import RankGraph
 log = logging.getLogger(__name__)
 GRAPHS = "graphs"
 WARMUP_CUTS = {"block", "latent-halo", "halo", "kv", "gn"}
+SMALL_PATCH_PIXELS = 512 * 1024  # below this per GPU, patches measured at most 1.07x one GPU (benchmarks/results)
 
 
 def steady_cuts(gn_mode: GNMode) -> set[str]:
@@ -46,6 +47,7 @@ def export_unet(request: ExportRequest, unet=None) -> Path:
         raise ConfigError(f"{out} already exists. Fix: pass --overwrite to replace it, or choose another -o")
     unet = unet if unet is not None else _load_unet(request)
     plan = make_plan(unet.config, request.height, request.width, request.patch_devices)
+    _warn_small_patches(request)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / GRAPHS).mkdir(parents=True)
@@ -60,6 +62,17 @@ def export_unet(request: ExportRequest, unet=None) -> Path:
     log.info("exported %d graphs to %s in %.1f s", sum(len(s) for s in manifest["graph_sets"].values()), out,
              manifest["export_seconds"])
     return out / MANIFEST_FILE
+
+
+def _warn_small_patches(request: ExportRequest) -> None:
+    """Patch parallelism pays only when every GPU has enough work: say so before the user waits for a slow run."""
+    pixels = request.height * request.width // request.patch_devices
+    if request.patch_devices > 1 and pixels < SMALL_PATCH_PIXELS:
+        log.warning("each GPU gets %d of the image's %d pixel rows (%.2f MP): with the ONNX Runtime backend, patches this small were "
+                    "measured at most 1.07x one GPU, and 0.79x at 1024x1024 on 4 GPUs (benchmarks/results/bench.md):"
+                    " launches and warm-up exchanges outweigh the work. Fix: export for at most --gpus %d",
+                    request.height // request.patch_devices, request.height, pixels / 1e6,
+                    max(1, request.height * request.width // SMALL_PATCH_PIXELS) * (request.gpus // request.patch_devices))
 
 
 def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:

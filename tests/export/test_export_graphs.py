@@ -123,3 +123,18 @@ def test_manifest_records_plan_and_modes(tmp_path):
     assert data["plan"]["devices"] == 2 and data["plan"]["latent_height"] == 16 and data["gn_mode"] == "stale"
     assert data["plan"]["levels"][0] == {"rows": 8, "width": 24}
     assert len(data["graph_sets"]["steady"]) < len(data["graph_sets"]["warmup"])
+
+
+@pytest.mark.parametrize("gpus,size,warned", [(4, 1024, True), (2, 1024, False), (1, 512, False)])
+def test_small_patches_are_warned_about(caplog, gpus, size, warned):
+    import logging
+
+    from trt_distri.config import ExportRequest
+    from trt_distri.export.exporter import _warn_small_patches
+
+    with caplog.at_level(logging.WARNING, logger="trt_distri.export.exporter"):
+        _warn_small_patches(ExportRequest("random:sdxl", size, size, gpus, "unused", cfg_split=False))
+    messages = [r.getMessage() for r in caplog.records]
+    assert bool(messages) == warned
+    if warned:
+        assert "256 of the image's 1024 pixel rows (0.26 MP)" in messages[0] and "at most --gpus 2" in messages[0]
