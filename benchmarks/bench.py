@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -179,7 +180,8 @@ def torch_baseline(unet_cpu, size: int, steps: int = 5) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# trt-distri speed, SDXL architecture ({result['date']}, {result['gpu']})", "",
-             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}, fp16, DDIM, guidance 5. "
+             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}, fp16, DDIM, guidance 5; "
+             f"driver {result.get('driver', 'not recorded')}, torch {result.get('torch', 'not recorded')}. "
              f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
              "synchronous + 45 asynchronous steps.", "",
              "| size | GPUs | split | sync ms | async ms | no-comm async ms | overhead | projected 50 steps | speed-up "
@@ -229,6 +231,7 @@ def main() -> None:
 
     result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "gpus_on_host": torch.cuda.device_count(), "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
+              "driver": _driver(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "warmup": args.warmup, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +263,15 @@ def main() -> None:
                 result.setdefault("torch_baseline", []).append(torch_baseline(unet.result(), size))
                 torch.cuda.empty_cache()
                 _write(result, args.out_dir)
+
+
+def _driver() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.splitlines()[0].strip() if out.strip() else "unknown"
 
 
 def merge(parts: list[dict]) -> dict:

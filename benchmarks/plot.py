@@ -15,16 +15,23 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     data = json.loads((RESULTS / "bench.json").read_text())
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for size in sorted({r["size"] for r in data["rows"]}):
+    torch_1gpu = {t["size"]: t["projected_50_s"] for t in data.get("torch_baseline", [])}
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    for size, color in zip(sorted({r["size"] for r in data["rows"]}), ("tab:blue", "tab:orange", "tab:green")):
         rows = [r for r in data["rows"] if r["size"] == size and not r["split"]]
-        xs = [r["gpus"] for r in rows]
-        ax.plot(xs, [r.get("speedup", 1.0) for r in rows], "o-", label=f"trt-distri {size}x{size}")
+        ax.plot([r["gpus"] for r in rows], [r.get("speedup", 1.0) for r in rows], "o-", color=color,
+                label=f"trt-distri {size}x{size}")
+        split = [r for r in data["rows"] if r["size"] == size and r["split"] and "speedup" in r]
+        if split:
+            ax.plot([r["gpus"] for r in split], [r["speedup"] for r in split], "*", color=color, markersize=11,
+                    label=f"trt-distri {size}, guidance split")
+        for ref in sorted(RESULTS.glob(f"reference/ref-{size}-g*.json")):
+            run = json.loads(ref.read_text())
+            if size in torch_1gpu:
+                ax.plot([run["gpus"]], [torch_1gpu[size] / run["projected_50_s"]], "D", color=color, fillstyle="none",
+                        markersize=8, label=f"distrifuser {size} (vs PyTorch 1 GPU)")
     ax.plot([1, *PAPER], [1, *PAPER.values()], "s--", color="gray", label="DistriFusion paper 3840 (A100)")
     ax.plot([1, 4], [1, 4], ":", color="black", label="linear")
-    for r in data["rows"]:
-        if r["split"] and "speedup" in r:
-            ax.plot([r["gpus"]], [r["speedup"]], "*", markersize=11, label=f"{r['size']}, guidance split")
     ax.set_xlabel("GPUs")
     ax.set_ylabel("speed-up over 1 GPU (50 steps)")
     ax.set_xticks([1, 2, 4])
