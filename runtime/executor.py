@@ -135,6 +135,9 @@ class RankExecutor:
             if i == self.opt.warmup_steps + 1:
                 self.dev.wait(self.compute, self.dev.record(self.comm_stream))  # warm-up exchanges are complete
             start = self.dev.record(self.compute)
+            # per-step values are copied into fixed buffers: every session keeps the same bindings all run long
+            self.dev.copy(self.ptr["timestep"], self.ptr["timestep_table"] + 4 * i, 4, self.compute)
+            self.dev.copy(self.ptr["coef"], self.ptr["coef_table"] + 24 * i, 24, self.compute)
             self._unet("warmup" if sync else "steady", i)
             self._scheduler_step(i)
             if self.opt.on_step is not None and self.comm.rank == 0 and self.opt.group == 0:
@@ -175,8 +178,6 @@ class RankExecutor:
                 if event is not None:
                     self.dev.wait(self.compute, event)
             session = self.sessions[seg.name]
-            if "timestep" in seg.slots:
-                session.bind("timestep", self.ptr["timestep_table"] + 4 * i)
             session.run_async(self.compute)
             start, stop = seg.exchange
             if stop > start and not self.opt.no_comm:
@@ -191,9 +192,7 @@ class RankExecutor:
             own = self.ptr["guided_noise"] + self.opt.group * slot
             other = self.ptr["guided_noise"] + (1 - self.opt.group) * slot
             self.comm.swap_with_partner(own, other, slot, self.compute)
-        step = self.sessions["step"]
-        step.bind("coef", self.ptr["coef_table"] + 24 * i)
-        step.run_async(self.compute)
+        self.sessions["step"].run_async(self.compute)
         for dst, src in (("latents_prev", "latents"), ("latents", "latents_next"), ("eps_prev", "eps")):
             self.dev.copy(self.ptr[dst], self.ptr[src], self._latent_bytes, self.compute)
 
