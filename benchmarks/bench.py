@@ -87,7 +87,7 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
         variants += [Variant("no_comm", no_comm=True, repeats=1),
                      Variant("sync", warmup_steps=args.steps, repeats=1)]
     _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=args.warmup), list(range(gpus)), repeats=2,
-                          variants=variants)
+                          variants=variants, cuda_graph=args.cuda_graph)
     patch_devices = data["plan"]["devices"]
     row = {"size": size, "gpus": gpus, "split": split, "prepare_s": prepare_s,
            "load_s": max(r["load_s"] for r in reports),
@@ -180,7 +180,8 @@ def torch_baseline(unet_cpu, size: int, steps: int = 5) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# trt-distri speed, SDXL architecture ({result['date']}, {result['gpu']})", "",
-             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}, fp16, DDIM, guidance 5; "
+             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}"
+             f"{' with CUDA graphs' if result.get('cuda_graph') else ''}, fp16, DDIM, guidance 5; "
              f"driver {result.get('driver', 'not recorded')}, torch {result.get('torch', 'not recorded')}. "
              f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
              "synchronous + 45 asynchronous steps.", "",
@@ -211,6 +212,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="measured steps per run (default 10: 5 sync + 5 async)")
     ap.add_argument("--warmup", type=int, default=4, help="steps 0..warmup run synchronously")
     ap.add_argument("--torch-baseline", action="store_true")
+    ap.add_argument("--cuda-graph", action="store_true", help="UNet segments replay CUDA graphs (experimental)")
     ap.add_argument("--keep", action="store_true", help="keep the exported work directories (default: delete)")
     ap.add_argument("--model", default="sdxl", help="shipped architecture with random weights (tests: tiny-sdxl)")
     ap.add_argument("--exporters", type=int, default=2, help="exporter processes working ahead of the measurement")
@@ -233,7 +235,7 @@ def main() -> None:
               "gpus_on_host": torch.cuda.device_count(), "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
               "driver": _driver(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
-              "warmup": args.warmup, "rows": []}
+              "warmup": args.warmup, "cuda_graph": args.cuda_graph, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(size, g, split) for size in args.sizes for g, split in configs(args.gpus, args.split)]
     spawn = multiprocessing.get_context("spawn")
@@ -276,9 +278,10 @@ def _driver() -> str:
 
 def merge(parts: list[dict]) -> dict:
     """Rows and PyTorch baselines of several runs on one host; the commands are joined."""
-    if len({(p["gpu"], p["host"], p["steps"], p["warmup"]) for p in parts}) != 1:
-        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps or warm-up; they were not measured "
-                         "in one session. Note: " + ", ".join(f"{p['gpu']}@{p['host']}" for p in parts))
+    if len({(p["gpu"], p["host"], p["steps"], p["warmup"], p.get("cuda_graph", False)) for p in parts}) != 1:
+        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps, warm-up or CUDA graphs, so they "
+                         "cannot share one table. Note: " + ", ".join(f"{p['gpu']}@{p['host']}" for p in parts) +
+                         ". Fix: merge only the parts of one session")
     out = dict(parts[0], rows=[r for p in parts for r in p["rows"]],
                command="; ".join(p["command"] for p in parts))
     out["torch_baseline"] = [t for p in parts for t in p.get("torch_baseline", [])]

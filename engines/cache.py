@@ -128,12 +128,12 @@ class EngineCache:
         self._check_file(engine, meta)
         return engine, meta
 
-    def load(self, segment: dict, device: int | None, stream: int | None = None) -> Session:
+    def load(self, segment: dict, device: int | None, stream: int | None = None, cuda_graph: bool = False) -> Session:
         """Verify, then load the engine of `segment` on `device` (None: CPU) through the backend."""
         engine, meta = self.verify(segment, self.backend.device_arch(device))
         graph = self.manifest.graph_path(segment)
         return self.backend.load(engine, device, weights_dir=graph.parent, stream=stream,
-                                 graph_path=graph if meta.get("stripped") else None)
+                                 graph_path=graph if meta.get("stripped") else None, cuda_graph=cuda_graph)
 
     def _read_meta(self, engine: Path) -> dict:
         meta_path = self.meta_path(engine)

@@ -157,6 +157,17 @@ class PointerBinding:
         self.session.run_with_iobinding(self.binding, self.options)
 
 
+def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = False) -> dict[str, str]:
+    """The CUDA provider's options: the device, the caller's stream, and CUDA-graph capture when asked (ORT
+    captures after its first runs and then replays; every bound pointer must stay where it was)."""
+    options = {"device_id": str(device)}
+    if stream is not None:
+        options.update(has_user_compute_stream="1", user_compute_stream=str(int(stream)))
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     name = "ort"
     label = "ONNX Runtime"
@@ -181,7 +192,10 @@ class OnnxRuntimeBackend(Backend):
         return model.SerializeToString(), _graph_io(model)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None) -> Session:
+             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False) -> Session:
+        if cuda_graph and device is None:
+            raise ConfigError("CUDA-graph replay needs a CUDA device. Note: expected a device index, got None (the "
+                              "CPU). Fix: drop --cuda-graph on the CPU")
         ort = _import("onnxruntime", "onnxruntime-gpu" if device is not None else "onnxruntime")
         options = ort.SessionOptions()
         if weights_dir is not None:
@@ -192,7 +206,8 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if device is not None:
-            providers.insert(0, ("CUDAExecutionProvider", self._cuda_options(ort, device, stream)))
+            self._require_cuda(ort)
+            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(device, stream, cuda_graph)))
             if _share_device_arena(ort, device):
                 options.add_session_config_entry("session.use_env_allocators", "1")
         model = Path(engine_path).read_bytes() if weights_dir is not None else str(engine_path)
@@ -211,12 +226,8 @@ class OnnxRuntimeBackend(Backend):
         return OrtSession(session, device, stream)
 
     @staticmethod
-    def _cuda_options(ort: ModuleType, device: int, stream: int | None) -> dict[str, str]:
+    def _require_cuda(ort: ModuleType) -> None:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MissingPackageError(
                 f"ONNX Runtime {ort.__version__} here has no CUDA provider. Note: expected CUDAExecutionProvider "
                 f"among {ort.get_available_providers()}. Fix: pip uninstall onnxruntime; pip install onnxruntime-gpu")
-        options = {"device_id": str(device)}
-        if stream is not None:
-            options.update(has_user_compute_stream="1", user_compute_stream=str(int(stream)))
-        return options

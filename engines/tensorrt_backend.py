@@ -103,7 +103,10 @@ class TensorRTBackend(Backend):
         return build_engine_with_io(graph_path, self.name, options)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None) -> Session:
+             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False) -> Session:
+        if cuda_graph:
+            raise ConfigError(f"CUDA-graph replay is not available with {self.label} engines yet. Note: expected "
+                              "cuda_graph=False. Fix: drop --cuda-graph, or use --backend ort")
         if device is None:
             raise ConfigError(f"{self.label} engines run only on a CUDA GPU. Note: expected a device index, got "
                               "None. Fix: pass device=<GPU index>, or use --backend ort on this machine")

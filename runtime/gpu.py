@@ -40,7 +40,8 @@ def gpu_worker(spec: WorkerSpec) -> dict:
     opt: RunOptions = p["options"]
     opts = RunOptions(opt.warmup_steps, opt.no_comm, group, topo.groups == 2, p["inputs"].guidance_scale)
     executor = RankExecutor(data, RankLayout.from_manifest(data, rank),
-                            session_opener(Path(p["workdir"]), p["backend"], spec.device), device, comm, opts)
+                            session_opener(Path(p["workdir"]), p["backend"], spec.device,
+                                           cuda_graph=p.get("cuda_graph", False)), device, comm, opts)
     load_s = time.perf_counter() - start
     latents, cond = rank_inputs(p["inputs"], data, spec.world_rank)
     runs, outputs = [], {}
@@ -60,9 +61,10 @@ def gpu_worker(spec: WorkerSpec) -> dict:
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
              backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0,
-             variants: list[Variant] | None = None) -> tuple[np.ndarray, list[dict]]:
+             variants: list[Variant] | None = None, cuda_graph: bool = False) -> tuple[np.ndarray, list[dict]]:
     """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns the last run's latents and
-    the rank reports (rank 0's holds every variant's latents under `variant_latents`)."""
+    the rank reports (rank 0's holds every variant's latents under `variant_latents`). `cuda_graph`: UNet segments
+    replay captured CUDA graphs (experimental, ONNX Runtime backend)."""
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     topo = Topology.from_manifest(data)
     if len(gpus) != topo.world:
@@ -75,7 +77,7 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
     ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
     options = replace(options, on_step=None)  # a host callback does not cross into the worker processes
     payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids,
-               "repeats": repeats, "variants": variants}
+               "repeats": repeats, "variants": variants, "cuda_graph": cuda_graph}
     specs = [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)]
     reports = supervise(gpu_worker, specs, timeout_s=timeout_s)
     return reports[0]["latents"], reports

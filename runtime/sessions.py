@@ -15,8 +15,10 @@ from trt_distri.export.manifest import Manifest
 from trt_distri.runtime.host import HostBoundSession, HostDevice
 
 
-def session_opener(workdir: Path, backend_name: str, device_index: int | None, host: HostDevice | None = None):
-    """A callable(segment, stream) -> session with bind/run_async, for RankExecutor."""
+def session_opener(workdir: Path, backend_name: str, device_index: int | None, host: HostDevice | None = None,
+                   cuda_graph: bool = False):
+    """A callable(segment, stream) -> session with bind/run_async, for RankExecutor. `cuda_graph`: the UNet
+    segments replay captured CUDA graphs (experimental; the scheduler's step graph always runs normally)."""
     backend = get_backend(backend_name)
     manifest = Manifest.load(workdir)
     cache = EngineCache(manifest, backend)
@@ -27,9 +29,9 @@ def session_opener(workdir: Path, backend_name: str, device_index: int | None, h
         if segment["name"].startswith("step"):
             session = _raw(onnx_runner, manifest, segment, device_index, stream)
         elif built:
-            session = cache.load(segment, device_index, stream if device_index is not None else None)
+            session = cache.load(segment, device_index, stream if device_index is not None else None, cuda_graph)
         elif backend is onnx_runner:
-            session = _raw(backend, manifest, segment, device_index, stream)
+            session = _raw(backend, manifest, segment, device_index, stream, cuda_graph)
         else:
             raise ManifestError(f"{workdir} has no {backend_name} engines. Fix: run `trt-distri build {workdir} "
                                 f"--backend {backend_name}` first")
@@ -38,7 +40,8 @@ def session_opener(workdir: Path, backend_name: str, device_index: int | None, h
     return open_session
 
 
-def _raw(backend, manifest: Manifest, segment: dict, device_index: int | None, stream: int):
+def _raw(backend, manifest: Manifest, segment: dict, device_index: int | None, stream: int,
+         cuda_graph: bool = False):
     path = manifest.graph_path(segment)
     return backend.load(path, device_index, weights_dir=path.parent,
-                        stream=stream if device_index is not None else None)
+                        stream=stream if device_index is not None else None, cuda_graph=cuda_graph)

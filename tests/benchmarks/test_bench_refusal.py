@@ -61,7 +61,7 @@ def test_markdown_shows_the_refusal(bench):
     assert "refused: latents are not finite" in text
 
 
-def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None):
+def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False):
     """run_gpus' contract on the CPU: every variant in one load, rank 0's latents per variant."""
     from trt_distri.runtime.local import LocalRanks
 

@@ -98,3 +98,16 @@ def test_pointer_binding_rebinds_only_what_moved():
     assert (z == 6.0).all()
     binding.run(dict(pointers, x=x2.ctypes.data))  # a moved input is re-bound
     assert (z == 15.0).all() and binding.applied["x"] == x2.ctypes.data
+
+
+def test_cuda_graph_option_reaches_the_provider_and_is_refused_where_it_cannot_run(tmp_path):
+    from trt_distri.engines.onnxruntime_backend import cuda_provider_options
+    from trt_distri.errors import ConfigError
+
+    assert cuda_provider_options(1, 1234, cuda_graph=True) == {
+        "device_id": "1", "has_user_compute_stream": "1", "user_compute_stream": "1234", "enable_cuda_graph": "1"}
+    assert "enable_cuda_graph" not in cuda_provider_options(0, None)
+    with pytest.raises(ConfigError, match="CUDA-graph replay needs a CUDA device"):
+        get_backend("ort").load(tmp_path / "graph.onnx", None, cuda_graph=True)
+    with pytest.raises(ConfigError, match="not available with TensorRT-RTX engines yet"):
+        get_backend("trt-rtx").load(tmp_path / "x.engine", 0, cuda_graph=True)
