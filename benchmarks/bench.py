@@ -22,7 +22,6 @@ import logging
 import multiprocessing
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -37,6 +36,9 @@ from trt_distri.export.exporter import export_unet
 from trt_distri.loop import psnr
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
+
+from bench_report import driver_version, merge, write_results
+from torch_baseline import torch_baseline
 
 log = logging.getLogger("bench")
 WARMUP_STEPS_50 = 5  # DistriFusion's default: 4 warm-up steps after step 0
@@ -125,85 +127,6 @@ def compare_with_one_gpu(row: dict, latents: dict, base: tuple[dict, dict] | Non
     row["psnr_db"] = round(psnr(run, reference), 1)
 
 
-def torch_baseline(unet_cpu, size: int, steps: int = 5) -> dict:
-    """The diffusers UNet in PyTorch on GPU 0: fp16, SDPA, batch 2 (guidance), eager and replayed as one CUDA
-    graph; device-event medians."""
-    import copy
-
-    import torch
-
-    from trt_distri.models import TEXT_EMBEDS_DIM
-
-    unet = copy.deepcopy(unet_cpu).cuda()  # the CPU model stays for the next size
-    b, h = 2, size // 8
-    x = torch.randn(b, 4, h, h, device="cuda", dtype=torch.float16)
-    t = torch.tensor([500.0], device="cuda")
-    enc = torch.randn(b, 77, 2048, device="cuda", dtype=torch.float16)
-    added = {"text_embeds": torch.randn(b, TEXT_EMBEDS_DIM["sdxl"], device="cuda", dtype=torch.float16),
-             "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, device="cuda", dtype=torch.float16)}
-
-    def call():
-        return unet(x, t, enc, added_cond_kwargs=added).sample
-
-    def timed(fn) -> float:
-        times = []
-        for i in range(steps + 2):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            if i >= 2:
-                times.append(start.elapsed_time(end))
-        return float(np.median(times))
-
-    out = {"size": size, "torch": torch.__version__}
-    with torch.no_grad():
-        out["eager_ms"] = round(timed(call), 1)
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    call()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                call()
-            out["cuda_graph_ms"] = round(timed(graph.replay), 1)
-            del graph
-        except Exception as exc:  # noqa: BLE001 - recorded: the eager figure still stands
-            out["cuda_graph_error"] = f"{type(exc).__name__}: {exc}"
-    out["projected_50_s"] = round(50 * min(out["eager_ms"], out.get("cuda_graph_ms", 1e9)) / 1000, 2)
-    return out  # the model and graph are freed with this frame
-
-
-def markdown(result: dict) -> str:
-    lines = [f"# trt-distri speed, SDXL architecture ({result['date']}, {result['gpu']})", "",
-             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}"
-             f"{' with CUDA graphs' if result.get('cuda_graph') else ''}, fp16, DDIM, guidance 5; "
-             f"driver {result.get('driver', 'not recorded')}, torch {result.get('torch', 'not recorded')}. "
-             f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
-             "synchronous + 45 asynchronous steps.", "",
-             "| size | GPUs | split | sync ms | async ms | no-comm async ms | overhead | projected 50 steps | speed-up "
-             "| sync vs 1 GPU (rel. RMS) | async PSNR vs 1 GPU | exchange MB/GPU/step | GiB used "
-             "| export+prepare / load s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
-        ex = r["exchange"]
-        comm = (f"{r['no_comm']['async_step_ms']:.1f} | {r['async_overhead_pct']} %" if r["gpus"] > 1 else "- | -")
-        speedup = r.get("speedup", f"refused: {r['refused']}" if "refused" in r else "-")
-        lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {ex['sync_step_ms']:.1f} | "
-                     f"{ex['async_step_ms']:.1f} | {comm} | {r['projected_50_s']} s | {speedup} | "
-                     f"{r.get('sync_rel_rms', '-')} | {r.get('psnr_db', '-')} | {r['exchange_mb_per_gpu_step']} | "
-                     f"{r['device_gib_used']} | {r['prepare_s']} / {r['load_s']} |")
-    for t in result.get("torch_baseline", []):
-        graph = f"{t['cuda_graph_ms']} ms" if "cuda_graph_ms" in t else f"failed ({t.get('cuda_graph_error')})"
-        lines.append(f"\nPyTorch {t['torch']} diffusers UNet, 1 GPU, fp16 SDPA, {t['size']}: eager {t['eager_ms']} ms "
-                     f"per step, CUDA graph {graph}; {t['projected_50_s']} s per 50 steps (the faster).")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048])
@@ -224,7 +147,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.merge:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        _write(merge([json.loads(p.read_text()) for p in args.merge]), args.out_dir)
+        write_results(merge([json.loads(p.read_text()) for p in args.merge]), args.out_dir)
         return
     import onnxruntime
     import torch
@@ -233,7 +156,7 @@ def main() -> None:
 
     result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "gpus_on_host": torch.cuda.device_count(), "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
-              "driver": _driver(), "torch": torch.__version__, "python": platform.python_version(),
+              "driver": driver_version(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "warmup": args.warmup, "cuda_graph": args.cuda_graph, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,39 +181,13 @@ def main() -> None:
                 base = (row, latents)
             compare_with_one_gpu(row, latents, base if base and base[0]["size"] == size else None)
             result["rows"].append(row)
-            _write(result, args.out_dir)
+            write_results(result, args.out_dir)
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
             if unet is not None and (i + 1 == len(todo) or todo[i + 1][0] != size):
                 result.setdefault("torch_baseline", []).append(torch_baseline(unet.result(), size))
                 torch.cuda.empty_cache()
-                _write(result, args.out_dir)
-
-
-def _driver() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.splitlines()[0].strip() if out.strip() else "unknown"
-
-
-def merge(parts: list[dict]) -> dict:
-    """Rows and PyTorch baselines of several runs on one host; the commands are joined."""
-    if len({(p["gpu"], p["host"], p["steps"], p["warmup"], p.get("cuda_graph", False)) for p in parts}) != 1:
-        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps, warm-up or CUDA graphs, so they "
-                         "cannot share one table. Note: " + ", ".join(f"{p['gpu']}@{p['host']}" for p in parts) +
-                         ". Fix: merge only the parts of one session")
-    out = dict(parts[0], rows=[r for p in parts for r in p["rows"]],
-               command="; ".join(p["command"] for p in parts))
-    out["torch_baseline"] = [t for p in parts for t in p.get("torch_baseline", [])]
-    return out
-
-
-def _write(result: dict, out_dir: Path) -> None:
-    (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "bench.md").write_text(markdown(result))
+                write_results(result, args.out_dir)
 
 
 if __name__ == "__main__":
