@@ -60,19 +60,31 @@ class MemoryPoller:
         self._thread.join()
 
 
-def export_case(size: int, gpus: int, root: Path) -> float:
+def case_dir(root: Path, size: int, gpus: int, model: str = "sdxl") -> Path:
+    return root / f"{model}-{size}-n{gpus}"
+
+
+def export_case(size: int, gpus: int, root: Path, model: str = "sdxl") -> float:
     """Export one case's pipeline (UNet, text encoders, VAE) unless already there; returns the seconds taken."""
-    out = root / f"sdxl-{size}-n{gpus}"
+    out = case_dir(root, size, gpus, model)
     if (out / "manifest.json").is_file():
         return 0.0
     t0 = time.perf_counter()
-    export_pipeline(ExportRequest("random:sdxl", size, size, gpus, out, cfg_split=False, precision=Precision.FP16,
+    precision = Precision.FP16 if model == "sdxl" else Precision.FP32
+    export_pipeline(ExportRequest(f"random:{model}", size, size, gpus, out, cfg_split=False, precision=precision,
                                   overwrite=True))
     return round(time.perf_counter() - t0, 1)
 
 
+def export_cases(cases: list[tuple[int, int]], root: Path, model: str = "sdxl") -> list:
+    """Every case's export at once, one process each (CPU work, before the GPU runs): seconds, or the exception."""
+    with ProcessPoolExecutor(len(cases), mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(export_case, size, gpus, root, model) for size, gpus in cases]
+        return [job.exception() or job.result() for job in jobs]
+
+
 def prepare(size: int, gpus: int, root: Path, backend: str, export_s: float | None = None) -> tuple[Path, dict]:
-    out = root / f"sdxl-{size}-n{gpus}"
+    out = case_dir(root, size, gpus)
     times = {"export_s": export_case(size, gpus, root) if export_s is None else export_s}
     t0 = time.perf_counter()
     build_workdir(out, backend)
@@ -89,7 +101,7 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
         with MemoryPoller() as memory:
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
                                     warmup_steps=args.warmup_steps, seed=0, target=target)
-        (args.root / f"sdxl-{size}-n{gpus}.png").write_bytes(png_bytes(result.image))
+        case_dir(args.root, size, gpus).with_suffix(".png").write_bytes(png_bytes(result.image))
         record.update(seconds=round(result.seconds, 2), stages=result.stages, ranks=result.ranks, summary=result.summary,
                       peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak.items()) if k < gpus})
     except Exception as exc:  # noqa: BLE001 - recorded, the next case still runs
@@ -143,10 +155,8 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     cases = [tuple(int(v) for v in c.split(":")) for c in (args.case or ["2048:2", "3840:4"])]
     exported: list = [None] * len(cases)  # seconds, None (export in run_case) or the export's exception
-    if args.parallel_export and len(cases) > 1:  # CPU work: all cases at once, then the GPU runs one by one
-        with ProcessPoolExecutor(len(cases), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [pool.submit(export_case, size, gpus, args.root) for size, gpus in cases]
-            exported = [job.exception() or job.result() for job in jobs]
+    if args.parallel_export and len(cases) > 1:
+        exported = export_cases(cases, args.root)
     bench = {"rows": [r for p in args.bench if p.is_file() for r in json.loads(p.read_text())["rows"]]}
     gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()
     records: list[dict] = []

@@ -36,3 +36,11 @@ def test_report_keeps_a_failed_case_beside_a_measured_one(e2e, tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| 2048 | 2 | 20 | 90.0 / 3.0 | 1.5 | 20.0 (12.0, 2.6) | 2.4 | 2.0 | 23.5 | 50000, 48000 |" in text
     assert "| 3840 | 4 | 20 | | failed: export: MemoryError()" in text
+
+
+def test_cases_export_in_parallel_processes(e2e, tmp_path):
+    seconds = e2e.export_cases([(64, 1), (64, 2)], tmp_path, model="tiny-sdxl")
+    assert all(isinstance(s, float) and s > 0 for s in seconds), seconds
+    for gpus in (1, 2):
+        assert (e2e.case_dir(tmp_path, 64, gpus, "tiny-sdxl") / "manifest.json").is_file()
+    assert e2e.export_cases([(64, 1)], tmp_path, model="tiny-sdxl") == [0.0]  # already there: not redone
