@@ -154,8 +154,9 @@ def main() -> None:
 
     from trt_distri.models import random_unet
 
-    result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "gpus_on_host": torch.cuda.device_count(), "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    result = {"date": datetime.date.today().isoformat(), "gpu": gpu, "gpus_on_host": torch.cuda.device_count(),
+              "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
               "driver": driver_version(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
               "warmup": args.warmup, "cuda_graph": args.cuda_graph, "rows": []}

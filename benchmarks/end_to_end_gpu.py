@@ -102,7 +102,8 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
                                     warmup_steps=args.warmup_steps, seed=0, target=target)
         case_dir(args.root, size, gpus).with_suffix(".png").write_bytes(png_bytes(result.image))
-        record.update(seconds=round(result.seconds, 2), stages=result.stages, ranks=result.ranks, summary=result.summary,
+        record.update(seconds=round(result.seconds, 2), stages=result.stages, ranks=result.ranks,
+                      summary=result.summary,
                       peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak.items()) if k < gpus})
     except Exception as exc:  # noqa: BLE001 - recorded, the next case still runs
         record["error"] = f"{type(exc).__name__}: {exc}"

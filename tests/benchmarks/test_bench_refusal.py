@@ -56,8 +56,8 @@ def test_markdown_shows_the_refusal(bench):
            "no_comm": {"async_step_ms": 1.0}, "async_overhead_pct": 0.0, "projected_50_s": 1.0,
            "refused": "latents are not finite", "exchange_mb_per_gpu_step": 1.0, "device_gib_used": 1.0,
            "prepare_s": 1.0, "load_s": 1.0}
-    text = importlib.import_module("bench_report").markdown({"date": "d", "gpu": "g", "command": "c", "ort": "o", "steps": 10, "warmup": 4,
-                           "rows": [row]})
+    markdown = importlib.import_module("bench_report").markdown
+    text = markdown({"date": "d", "gpu": "g", "command": "c", "ort": "o", "steps": 10, "warmup": 4, "rows": [row]})
     assert "refused: latents are not finite" in text
 
 
