@@ -36,6 +36,7 @@ from trt_distri.export.exporter import export_unet
 from trt_distri.loop import psnr
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
+from trt_distri.runtime.launch import stop_on_sigterm
 
 from bench_report import driver_version, merge, write_results
 from torch_baseline import torch_baseline
@@ -81,7 +82,8 @@ def prepare(model: str, size: int, gpus: int, split: bool, root: Path) -> tuple[
     return workdir, round(time.perf_counter() - t0, 1)
 
 
-def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: bool, args) -> tuple[dict, dict]:
+def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: bool, cuda_graph: bool,
+               args) -> tuple[dict, dict]:
     data = json.loads((workdir / "manifest.json").read_text())
     inputs = random_inputs(data, args.steps, "ddim", 5.0, seed=0)
     variants = [Variant("exchange", repeats=2)]
@@ -89,9 +91,9 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
         variants += [Variant("no_comm", no_comm=True, repeats=1),
                      Variant("sync", warmup_steps=args.steps, repeats=1)]
     _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=args.warmup), list(range(gpus)), repeats=2,
-                          variants=variants, cuda_graph=args.cuda_graph)
+                          variants=variants, cuda_graph=cuda_graph, timeout_s=args.run_timeout)
     patch_devices = data["plan"]["devices"]
-    row = {"size": size, "gpus": gpus, "split": split, "prepare_s": prepare_s,
+    row = {"size": size, "gpus": gpus, "split": split, "cuda_graph": cuda_graph, "prepare_s": prepare_s,
            "load_s": max(r["load_s"] for r in reports),
            "device_gib_used": round(max(r["device_bytes_used"] for r in reports) / 2**30, 1),
            "exchange_mb_per_gpu_step": round(data["exchange"]["bytes"] * (patch_devices - 1) / 1e6, 1)}
@@ -109,11 +111,12 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
 
 def compare_with_one_gpu(row: dict, latents: dict, base: tuple[dict, dict] | None) -> None:
     """Speed-up over 1 GPU, reported only when this configuration computes the same thing: its fully synchronous
-    latents must match 1 GPU's within fp16 tolerance; the asynchronous run's PSNR is reported beside it."""
-    if base is None or row["gpus"] == 1:
+    latents must match 1 GPU's within fp16 tolerance; the asynchronous run's PSNR is reported beside it.
+    A 1-GPU row replaying CUDA graphs is checked the same way against the 1-GPU row without them."""
+    if base is None:
         return
     reference = base[1]["exchange"]
-    sync, run = latents["sync"], latents["exchange"]
+    sync, run = latents.get("sync", latents["exchange"]), latents["exchange"]
     if not (np.isfinite(sync).all() and np.isfinite(run).all()):
         row["refused"] = "latents are not finite"
         return
@@ -124,7 +127,16 @@ def compare_with_one_gpu(row: dict, latents: dict, base: tuple[dict, dict] | Non
                           f"(fp16 tolerance {SYNC_TOLERANCE:.0e})")
         return
     row["speedup"] = round(base[0]["projected_50_s"] / row["projected_50_s"], 2)
-    row["psnr_db"] = round(psnr(run, reference), 1)
+    if row["gpus"] > 1:
+        row["psnr_db"] = round(psnr(run, reference), 1)
+
+
+def baseline_for(row: dict, bases: dict) -> tuple[dict, dict] | None:
+    """The 1-GPU run a row is compared with: same size and CUDA-graph setting; a 1-GPU row with CUDA graphs is
+    compared with the plain 1-GPU run (its own baseline would prove nothing)."""
+    if row["gpus"] == 1:
+        return bases.get((row["size"], False)) if row["cuda_graph"] else None
+    return bases.get((row["size"], row["cuda_graph"]))
 
 
 def main() -> None:
@@ -135,7 +147,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="measured steps per run (default 10: 5 sync + 5 async)")
     ap.add_argument("--warmup", type=int, default=4, help="steps 0..warmup run synchronously")
     ap.add_argument("--torch-baseline", action="store_true")
-    ap.add_argument("--cuda-graph", action="store_true", help="UNet segments replay CUDA graphs (experimental)")
+    ap.add_argument("--cuda-graph", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                    help="UNet segments replay ONNX Runtime CUDA graphs (both: each configuration without, then with)")
+    ap.add_argument("--run-timeout", type=float, default=900.0,
+                    help="seconds one configuration's GPU run may take before its ranks are stopped")
     ap.add_argument("--keep", action="store_true", help="keep the exported work directories (default: delete)")
     ap.add_argument("--model", default="sdxl", help="shipped architecture with random weights (tests: tiny-sdxl)")
     ap.add_argument("--exporters", type=int, default=2, help="exporter processes working ahead of the measurement")
@@ -144,6 +159,7 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", help="only join these bench.json files (parts of one session, "
                     "e.g. one per device call) into --out-dir's bench.json and bench.md")
     args = ap.parse_args()
+    stop_on_sigterm()  # `timeout` or a scheduler stops the rank processes too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.merge:
         args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +175,7 @@ def main() -> None:
               "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
               "driver": driver_version(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
-              "warmup": args.warmup, "cuda_graph": args.cuda_graph, "rows": []}
+              "warmup": args.warmup, "rows": []}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(size, g, split) for size in args.sizes for g, split in configs(args.gpus, args.split)]
     spawn = multiprocessing.get_context("spawn")
@@ -170,19 +186,21 @@ def main() -> None:
         ahead: dict[int, Future] = {}
         for j in range(min(args.exporters, len(todo))):
             ahead[j] = pool.submit(prepare, args.model, *todo[j], args.root)
-        base = None
+        bases: dict[tuple[int, bool], tuple[dict, dict]] = {}
+        graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graph]
         for i, (size, gpus, split) in enumerate(todo):
             workdir, prepare_s = ahead.pop(i).result()
             if i + args.exporters < len(todo):
                 ahead[i + args.exporters] = pool.submit(prepare, args.model, *todo[i + args.exporters],
                                                              args.root)
-            row, latents = run_config(workdir, prepare_s, size, gpus, split, args)
-            row["export_overlapped"] = bool(ahead)  # exports ran on the host's CPU beside the measured run
-            if gpus == 1:
-                base = (row, latents)
-            compare_with_one_gpu(row, latents, base if base and base[0]["size"] == size else None)
-            result["rows"].append(row)
-            write_results(result, args.out_dir)
+            for graph in graph_modes:
+                row, latents = run_config(workdir, prepare_s, size, gpus, split, graph, args)
+                row["export_overlapped"] = bool(ahead)  # exports ran on the host's CPU beside the measured run
+                compare_with_one_gpu(row, latents, baseline_for(row, bases))
+                if gpus == 1:
+                    bases[(size, graph)] = (row, latents)
+                result["rows"].append(row)
+                write_results(result, args.out_dir)
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
             if unet is not None and (i + 1 == len(todo) or todo[i + 1][0] != size):

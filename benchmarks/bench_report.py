@@ -8,20 +8,21 @@ from pathlib import Path
 
 def markdown(result: dict) -> str:
     lines = [f"# trt-distri speed, SDXL architecture ({result['date']}, {result['gpu']})", "",
-             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}"
-             f"{' with CUDA graphs' if result.get('cuda_graph') else ''}, fp16, DDIM, guidance 5; "
+             f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}, fp16, DDIM, guidance 5; "
              f"driver {result.get('driver', 'not recorded')}, torch {result.get('torch', 'not recorded')}. "
              f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
              "synchronous + 45 asynchronous steps.", "",
-             "| size | GPUs | split | sync ms | async ms | no-comm async ms | overhead | projected 50 steps | speed-up "
-             "| sync vs 1 GPU (rel. RMS) | async PSNR vs 1 GPU | exchange MB/GPU/step | GiB used "
-             "| export+prepare / load s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| size | GPUs | split | CUDA graph | sync ms | async ms | no-comm async ms | overhead "
+             "| projected 50 steps | speed-up | sync vs 1 GPU (rel. RMS) | async PSNR vs 1 GPU | exchange MB/GPU/step "
+             "| GiB used | export+prepare / load s |",
+             "| --- " * 15 + "|"]
     for r in result["rows"]:
         ex = r["exchange"]
         comm = (f"{r['no_comm']['async_step_ms']:.1f} | {r['async_overhead_pct']} %" if r["gpus"] > 1 else "- | -")
         speedup = r.get("speedup", f"refused: {r['refused']}" if "refused" in r else "-")
-        lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {ex['sync_step_ms']:.1f} | "
+        graph = "yes" if r.get("cuda_graph", result.get("cuda_graph")) else "no"
+        lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {graph} | "
+                     f"{ex['sync_step_ms']:.1f} | "
                      f"{ex['async_step_ms']:.1f} | {comm} | {r['projected_50_s']} s | {speedup} | "
                      f"{r.get('sync_rel_rms', '-')} | {r.get('psnr_db', '-')} | {r['exchange_mb_per_gpu_step']} | "
                      f"{r['device_gib_used']} | {r['prepare_s']} / {r['load_s']} |")
@@ -43,11 +44,12 @@ def driver_version() -> str:
 
 def merge(parts: list[dict]) -> dict:
     """Rows and PyTorch baselines of several runs on one host; the commands are joined."""
-    if len({(p["gpu"], p["host"], p["steps"], p["warmup"], p.get("cuda_graph", False)) for p in parts}) != 1:
-        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps, warm-up or CUDA graphs, so they "
+    if len({(p["gpu"], p["host"], p["steps"], p["warmup"]) for p in parts}) != 1:
+        raise SystemExit("bench.py --merge: the parts differ in GPU, host, steps or warm-up, so they "
                          "cannot share one table. Note: " + ", ".join(f"{p['gpu']}@{p['host']}" for p in parts) +
                          ". Fix: merge only the parts of one session")
-    out = dict(parts[0], rows=[r for p in parts for r in p["rows"]],
+    rows = [dict(r, cuda_graph=r.get("cuda_graph", p.get("cuda_graph", False))) for p in parts for r in p["rows"]]
+    out = dict(parts[0], rows=rows,
                command="; ".join(p["command"] for p in parts))
     out["torch_baseline"] = [t for p in parts for t in p.get("torch_baseline", [])]
     return out

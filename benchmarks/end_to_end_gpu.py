@@ -30,6 +30,7 @@ from trt_distri.engines.build import build_workdir
 from trt_distri.export.pipeline_export import export_pipeline
 from trt_distri.pipeline import Target, generate_image
 from trt_distri.png import png_bytes
+from trt_distri.runtime.launch import stop_on_sigterm
 
 log = logging.getLogger("end_to_end_gpu")
 RESULTS = Path(__file__).parent / "results"
@@ -112,9 +113,10 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
 
 
 def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
-    """The UNet loop's time as bench.py projects it from its step medians (same size and GPUs, patches only)."""
-    rows = [r for r in (bench or {}).get("rows", []) if (r["size"], r["gpus"], r["split"]) ==
-            (record["size"], record["gpus"], False)]
+    """The UNet loop's time as bench.py projects it from its step medians (same size and GPUs, patches only,
+    no CUDA graphs: what this script runs)."""
+    rows = [r for r in (bench or {}).get("rows", []) if (r["size"], r["gpus"], r["split"], r.get("cuda_graph", False))
+            == (record["size"], record["gpus"], False, False)]
     if not rows:
         return None
     sync = min(record["warmup_steps"] + 1, record["steps"])
@@ -151,14 +153,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end_gpu.json")
     parser.add_argument("--bench", type=Path, nargs="+", default=[RESULTS / "bench.json"],
                         help="bench.py's results, to set the measured UNet loop beside its projection")
+    parser.add_argument("--reproject", action="store_true",
+                        help="run nothing: fill --out's projections from --bench (bench.py ran after this script)")
     args = parser.parse_args()
+    stop_on_sigterm()  # `timeout` or a scheduler stops the rank processes too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    bench = {"rows": [r for p in args.bench if p.is_file() for r in json.loads(p.read_text())["rows"]]}
+    if args.reproject:
+        report = json.loads(args.out.read_text())
+        for record in report["cases"]:
+            record["projected_denoise_s"] = projected_denoise_s(record, bench) if "error" not in record else None
+        report["projected_from"] = [str(p) for p in args.bench]
+        _write(args.out, report)
+        print(args.out.with_suffix(".md").read_text())
+        return
     args.root.mkdir(parents=True, exist_ok=True)
     cases = [tuple(int(v) for v in c.split(":")) for c in (args.case or ["2048:2", "3840:4"])]
     exported: list = [None] * len(cases)  # seconds, None (export in run_case) or the export's exception
     if args.parallel_export and len(cases) > 1:
         exported = export_cases(cases, args.root)
-    bench = {"rows": [r for p in args.bench if p.is_file() for r in json.loads(p.read_text())["rows"]]}
     gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()
     records: list[dict] = []
     for (size, gpu_count), export_s in zip(cases, exported):  # written after every case: a cut run keeps its part

@@ -1,36 +1,62 @@
 #!/usr/bin/env bash
-# Issue 8 and issue 5 measurements on one 4-GPU host, in parts that each fit one device call (10 minutes).
-#   benchmarks/run_all.sh OUT PART      PART: 3840 | 2048 | reference | e2e
-# (the kernel profile is separate: benchmarks/profile_gpu.py on one GPU, see docs/benchmarks.md)
-# (2048 also measures 1024, patches only; the reference's 1-GPU figure is bench.py's PyTorch CUDA-graph baseline)
-# Run the parts on the same warm machine (one lease), then join them here:
+# Issue 8 and issue 5 measurements on one 4-GPU host.
+#   benchmarks/run_all.sh OUT PART [PART...]
+#   PART: 3840 | 2048 | graph | reference | ref-3840 | e2e | reproject
+# Parts run in the order given; each writes under OUT and a failed part does not stop the next. A device call is
+# limited to 10 minutes, so start it detached and read OUT from later calls (docs/benchmarks.md, "Reproducing"):
+#   setsid nohup benchmarks/run_all.sh /tmp/out e2e graph ref-3840 3840 >/tmp/out.log 2>&1 &
+# (the kernel profile is separate: benchmarks/profile_gpu.py on one GPU)
+# Join the bench parts here afterwards:
 #   python benchmarks/bench.py --merge OUT/bench-*/bench.json --out-dir benchmarks/results
-# The trt-distri package and ONNX Runtime GPU must be importable (docs/benchmarks.md, "Reproducing");
-# the reference part also needs .reference/ (benchmarks/reference/prepare.sh).
+# The trt-distri package and ONNX Runtime GPU must be importable; the reference parts also need .reference/
+# (benchmarks/reference/prepare.sh).
 set -uo pipefail
-out=${1:?usage: run_all.sh OUT PART}
-part=${2:?usage: run_all.sh OUT PART}
+limit() { timeout -k 30 "$@"; }  # SIGTERM: the scripts unwind and stop the rank processes they started
+out=${1:?usage: run_all.sh OUT PART [PART...]}
+shift
+[ $# -gt 0 ] || { echo "usage: run_all.sh OUT PART [PART...]" >&2; exit 2; }
 mkdir -p "$out"
-case "$part" in
-  3840)
-    python benchmarks/bench.py --sizes 3840 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b3840 \
-      --out-dir "$out/bench-3840" ;;
-  2048)
-    python benchmarks/bench.py --sizes 2048 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b2048 \
-      --out-dir "$out/bench-2048"
-    python benchmarks/bench.py --sizes 1024 --gpus 1 2 4 --split no --root /tmp/b1024 --out-dir "$out/bench-1024" ;;
-  reference)
-    (
-      bash .reference/wheels/p00/collect.sh >/dev/null && source /tmp/ref-wheels/env.sh || exit 1
-      for run in 2048:2 2048:4 3840:2 3840:4; do
-        size=${run%:*} gpus=${run#*:}
-        # rank 0 writes its JSON before teardown; a 4-rank teardown once hung, hence the timeout
-        timeout 240 python3 -m torch.distributed.run --nproc_per_node "$gpus" benchmarks/reference/run_distrifuser.py \
-          --size "$size" --steps 10 --warmup 4 --no-split-batch --out "$out/reference/ref-$size-g$gpus.json"
-      done
-    ) ;;
-  e2e)
-    python benchmarks/end_to_end_gpu.py --case 2048:2 --case 3840:4 --steps 30 --root /tmp/e2e \
-      --parallel-export --out "$out/e2e/end_to_end_gpu.json" --bench "$out"/bench-*/bench.json ;;
-  *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 2048, reference, e2e" >&2; exit 2 ;;
-esac
+
+reference() {  # SIZE:GPUS ...
+  (
+    bash .reference/wheels/p00/collect.sh >/dev/null && source /tmp/ref-wheels/env.sh || exit 1
+    for run in "$@"; do
+      size=${run%:*} gpus=${run#*:}
+      # rank 0 writes its JSON before teardown; a 4-rank teardown once hung, hence the timeout
+      timeout 240 python3 -m torch.distributed.run --nproc_per_node "$gpus" benchmarks/reference/run_distrifuser.py \
+        --size "$size" --steps 10 --warmup 4 --no-split-batch --out "$out/reference/ref-$size-g$gpus.json"
+    done
+  )
+}
+
+for part in "$@"; do
+  echo "=== $(date -Is) part $part"
+  case "$part" in
+    3840)
+      limit 560 python benchmarks/bench.py --sizes 3840 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b3840 \
+        --out-dir "$out/bench-3840" ;;
+    2048)
+      python benchmarks/bench.py --sizes 2048 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b2048 \
+        --out-dir "$out/bench-2048"
+      python benchmarks/bench.py --sizes 1024 --gpus 1 2 4 --split no --root /tmp/b1024 --out-dir "$out/bench-1024" ;;
+    graph)  # each configuration without, then with ONNX Runtime CUDA graphs; small sizes are launch-bound
+      limit 420 python benchmarks/bench.py --sizes 1024 --gpus 1 2 4 --split both --cuda-graph both --root /tmp/g1024 \
+        --out-dir "$out/bench-g1024"
+      limit 300 python benchmarks/bench.py --sizes 2048 --gpus 1 4 --split no --cuda-graph both --root /tmp/g2048 \
+        --out-dir "$out/bench-g2048" ;;
+    reference) reference 2048:2 2048:4 3840:2 3840:4 ;;
+    ref-3840) reference 3840:2 3840:4 ;;
+    e2e)
+      limit 560 python benchmarks/end_to_end_gpu.py --case 2048:2 --case 3840:4 --steps 30 --root /tmp/e2e \
+        --parallel-export --out "$out/e2e/end_to_end_gpu.json" --bench "$out"/bench-*/bench.json ;;
+    reproject)  # the e2e projection from bench parts that ran after it
+      python benchmarks/end_to_end_gpu.py --reproject --out "$out/e2e/end_to_end_gpu.json" \
+        --bench "$out"/bench-*/bench.json ;;
+    *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 2048, graph, reference, ref-3840, e2e," \
+         "reproject" >&2
+       (exit 2) ;;
+  esac
+  rc=$?
+  echo "=== $(date -Is) part $part done (rc $rc)"
+done
+echo "=== $(date -Is) all parts done"

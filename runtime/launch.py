@@ -10,6 +10,8 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -38,6 +40,18 @@ def _entry(target, spec: WorkerSpec, results) -> None:
         detail = traceback.format_exc(limit=4)
         results.put(("error", spec.world_rank, f"{type(exc).__name__}: {exc}", detail))
         raise SystemExit(1) from None
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler's stop, `timeout`, `kill`) ends this process as Ctrl-C does: the KeyboardInterrupt
+    unwinds `supervise`, which stops the rank processes it started instead of leaving them holding the GPUs.
+    Call from the main thread of a program's entry point; elsewhere it does nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def supervise(target, specs: list[WorkerSpec], timeout_s: float = 3600.0, grace_s: float = 10.0) -> list:

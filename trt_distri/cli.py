@@ -19,6 +19,7 @@ from trt_distri.cli_run import add_run
 from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
 from trt_distri.models import UNET_CONFIGS
+from trt_distri.runtime.launch import stop_on_sigterm
 
 PROG = "trt-distri"
 EXIT_USER_ERROR = 2
@@ -181,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     log.configure(verbose=args.verbose)
+    stop_on_sigterm()  # a scheduler's stop unwinds like Ctrl-C: rank processes are stopped, partial files removed
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -61,7 +61,7 @@ def test_markdown_shows_the_refusal(bench):
     assert "refused: latents are not finite" in text
 
 
-def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False):
+def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False, timeout_s=0):
     """run_gpus' contract on the CPU: every variant in one load, rank 0's latents per variant."""
     from trt_distri.runtime.local import LocalRanks
 
@@ -79,17 +79,21 @@ def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, cuda
 
 
 def test_bench_end_to_end_on_cpu(bench, tmp_path, monkeypatch):
-    """Exporter processes, every configuration, the synchronous check and the merge, with a tiny model on CPU."""
+    """Exporter processes, every configuration with and without CUDA graphs, the synchronous check and the merge,
+    with a tiny model on CPU."""
     monkeypatch.setattr(bench, "run_gpus", _cpu_run_gpus)
     out = tmp_path / "part"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-sdxl", "--sizes", "64", "--gpus", "1", "2",
-                                      "--split", "both", "--steps", "4", "--warmup", "1", "--root",
+                                      "--split", "both", "--steps", "4", "--warmup", "1", "--cuda-graph", "both",
+                                      "--root",
                                       str(tmp_path / "work"), "--out-dir", str(out)])
     bench.main()
     result = json.loads((out / "bench.json").read_text())
-    rows = {(r["gpus"], r["split"]): r for r in result["rows"]}
-    assert set(rows) == {(1, False), (2, False), (2, True)}
-    for key in ((2, False), (2, True)):
+    rows = {(r["gpus"], r["split"], r["cuda_graph"]): r for r in result["rows"]}
+    assert set(rows) == {(g, s, c) for g, s in ((1, False), (2, False), (2, True)) for c in (False, True)}
+    assert "speedup" not in rows[(1, False, False)]
+    assert rows[(1, False, True)]["speedup"] == 1.0 and rows[(1, False, True)]["sync_rel_rms"] < 1e-5
+    for key in ((2, False, False), (2, True, False), (2, False, True), (2, True, True)):
         assert rows[key]["speedup"] == 2.0 and rows[key]["sync_rel_rms"] < 1e-5, rows[key]
         assert rows[key]["psnr_db"] > 20
     assert not list((tmp_path / "work").iterdir())  # work directories are deleted after their run
@@ -97,5 +101,17 @@ def test_bench_end_to_end_on_cpu(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench.py", "--merge", str(out / "bench.json"), str(out / "bench.json"),
                                       "--out-dir", str(merged)])
     bench.main()
-    assert len(json.loads((merged / "bench.json").read_text())["rows"]) == 6
-    assert "| 64 | 2 | yes |" in (merged / "bench.md").read_text()
+    assert len(json.loads((merged / "bench.json").read_text())["rows"]) == 12
+    assert "| 64 | 2 | yes | yes |" in (merged / "bench.md").read_text()
+
+
+def test_a_graph_row_is_compared_with_the_plain_one_gpu_run(bench):
+    plain, graph = ({"size": 64, "gpus": 1, "cuda_graph": c} for c in (False, True))
+    bases = {(64, False): ("plain", {})}
+    assert bench.baseline_for(plain, bases) is None
+    assert bench.baseline_for(graph, bases) == ("plain", {})
+    assert bench.baseline_for(dict(graph, gpus=2), {**bases, (64, True): ("graph", {})}) == ("graph", {})
+    one_gpu, base = _runs()
+    row = dict(graph, projected_50_s=10.0)
+    bench.compare_with_one_gpu(row, {"exchange": one_gpu * np.float32(1.5)}, base)  # a capture that went wrong
+    assert "speedup" not in row and "relative RMS" in row["refused"]

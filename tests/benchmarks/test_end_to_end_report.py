@@ -24,6 +24,26 @@ def test_projection_uses_the_matching_patch_only_row(e2e):
     record = {"size": 2048, "gpus": 2, "steps": 20, "warmup_steps": 4}
     assert e2e.projected_denoise_s(record, bench) == pytest.approx((5 * 150 + 15 * 100) / 1000)
     assert e2e.projected_denoise_s(dict(record, gpus=4), bench) is None
+    graph_row = dict(bench["rows"][1], cuda_graph=True, exchange={"sync_step_ms": 1.0, "async_step_ms": 1.0})
+    with_graph = {"rows": bench["rows"] + [graph_row]}  # a row measured with CUDA graphs is not what e2e runs
+    assert e2e.projected_denoise_s(record, with_graph) == pytest.approx((5 * 150 + 15 * 100) / 1000)
+
+
+def test_reproject_fills_projections_from_bench_parts_that_ran_later(e2e, tmp_path, monkeypatch):
+    import json
+
+    out, bench = tmp_path / "e2e.json", tmp_path / "bench.json"
+    record = {"size": 2048, "gpus": 2, "steps": 20, "warmup_steps": 4, "prepare": {"export_s": 1.0, "build_s": 1.0},
+              "stages": {"encode": 1.0, "denoise": 3.0, "decode": 1.0}, "ranks": {}, "seconds": 5.0,
+              "peak_mib_per_gpu": {"0": 1}, "projected_denoise_s": None}
+    out.write_text(json.dumps({"cases": [record, {"size": 3840, "gpus": 4, "steps": 20, "error": "x"}]}))
+    bench.write_text(json.dumps({"rows": [{"size": 2048, "gpus": 2, "split": False,
+                                           "exchange": {"sync_step_ms": 200.0, "async_step_ms": 100.0}}]}))
+    monkeypatch.setattr(sys, "argv", ["end_to_end_gpu.py", "--reproject", "--out", str(out), "--bench", str(bench)])
+    e2e.main()
+    cases = json.loads(out.read_text())["cases"]
+    assert cases[0]["projected_denoise_s"] == pytest.approx((5 * 200 + 15 * 100) / 1000)
+    assert cases[1]["projected_denoise_s"] is None and "| 2048 | 2 | 20 |" in out.with_suffix(".md").read_text()
 
 
 def test_report_keeps_a_failed_case_beside_a_measured_one(e2e, tmp_path):

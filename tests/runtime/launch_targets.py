@@ -21,3 +21,8 @@ def one_is_killed(spec):
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(60)
+
+
+def writes_pid_and_sleeps(spec):
+    (spec.payload["dir"] / f"rank{spec.world_rank}.pid").write_text(str(os.getpid()))
+    time.sleep(120)

@@ -1,8 +1,13 @@
 """Process supervision: results, and a failing or killed worker stopping every worker in bounded time."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +32,34 @@ def test_a_failing_worker_stops_all_within_bounded_time(target, message):
     with pytest.raises(RankFailedError, match=message):
         supervise(target, _specs(3), timeout_s=120, grace_s=5)
     assert time.monotonic() - start < 30  # the sleeping workers were terminated, not waited for
+
+
+def test_sigterm_to_the_parent_stops_every_rank(tmp_path):
+    """A scheduler's SIGTERM must not leave rank processes behind holding GPUs (stop_on_sigterm + supervise)."""
+    here = Path(__file__).parent
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+              "from launch_targets import writes_pid_and_sleeps\n"
+              "from trt_distri.runtime.launch import WorkerSpec, stop_on_sigterm, supervise\n"
+              "stop_on_sigterm()\n"
+              "try:\n"
+              "    supervise(writes_pid_and_sleeps, [WorkerSpec(r, r, {'dir': Path(sys.argv[2])}) for r in range(2)],"
+              " grace_s=5)\n"
+              "except KeyboardInterrupt as exc:\n"
+              "    print('stopped:', exc)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(here), str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("rank*.pid"))) < 2:
+        assert time.monotonic() < deadline and parent.poll() is None, "the ranks did not start"
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("rank*.pid")]
+    start = time.monotonic()
+    parent.send_signal(signal.SIGTERM)
+    out, _ = parent.communicate(timeout=30)
+    assert "stopped: signal SIGTERM" in out and time.monotonic() - start < 30
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_launcher_environments():
