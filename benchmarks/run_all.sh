@@ -19,7 +19,10 @@ mkdir -p "$out"
 
 reference() {  # SIZE:GPUS ...
   (
+    # the reference's env pins its own packages first; trt_distri (random weights, same seed) must stay importable
+    here=$(python -c 'import pathlib, trt_distri; print(pathlib.Path(trt_distri.__file__).parents[1])') || exit 1
     bash .reference/wheels/p00/collect.sh >/dev/null && source /tmp/ref-wheels/env.sh || exit 1
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$here"
     for run in "$@"; do
       size=${run%:*} gpus=${run#*:}
       # rank 0 writes its JSON before teardown; a 4-rank teardown once hung, hence the timeout

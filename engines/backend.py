@@ -106,13 +106,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False) -> Session:
+             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
+             transient: bool = False) -> Session:
         """Load an engine on CUDA device `device` (None: the CPU, where `runs_without_gpu`).
 
         `weights_dir` holds external weights an engine refers to (ORT graphs; the work directory). `stream` is
         the stream of every `run_async` where `capabilities().stream_at_load`. `graph_path`, for a weight-stripped
         engine: the ONNX graph whose weights are refitted into it. `cuda_graph`: replay each run as a captured
-        CUDA graph (bindings must not move between runs; experimental, ONNX Runtime only)."""
+        CUDA graph (bindings must not move between runs; experimental, ONNX Runtime only). `transient`: a session
+        used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is kept in a
+        pool shared with other sessions of the process."""
 
     def device_arch(self, device: int | None) -> str:
         """The cache key's GPU field: compute capability "9.0" of `device`, or "any" where engines are portable."""

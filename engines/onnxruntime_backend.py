@@ -7,10 +7,14 @@ data file: the engine refers to them by name and `load` is told their folder (`w
 
 On CUDA the session is created on the caller's stream (`user_compute_stream`), so every `run_async` must pass that
 stream; the run is not synchronized (`disable_synchronize_execution_providers`). Loading imports only onnxruntime.
+`TRT_DISTRI_ORT_CONV_ALGO_SEARCH` (EXHAUSTIVE, HEURISTIC or DEFAULT) sets the CUDA provider's cuDNN convolution
+algorithm search: ORT's default, EXHAUSTIVE, searches on each convolution's first run, which costs time on a fresh
+process's first step.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +29,8 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 _WEIGHTS_DIR_KEY = "session.model_external_initializers_file_folder_path"
 _NO_SYNC_KEY = "disable_synchronize_execution_providers"
+CONV_ALGO_SEARCH_ENV = "TRT_DISTRI_ORT_CONV_ALGO_SEARCH"
+_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
 _SHARED_ARENAS: dict[int, bool] = {}
@@ -157,14 +163,25 @@ class PointerBinding:
         self.session.run_with_iobinding(self.binding, self.options)
 
 
-def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = False) -> dict[str, str]:
+def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = False,
+                          transient: bool = False) -> dict[str, str]:
     """The CUDA provider's options: the device, the caller's stream, and CUDA-graph capture when asked (ORT
-    captures after its first runs and then replays; every bound pointer must stay where it was)."""
+    captures after its first runs and then replays; every bound pointer must stay where it was), and the cuDNN
+    convolution algorithm search when `TRT_DISTRI_ORT_CONV_ALGO_SEARCH` is set."""
     options = {"device_id": str(device)}
     if stream is not None:
         options.update(has_user_compute_stream="1", user_compute_stream=str(int(stream)))
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
+    if transient:  # its own arena, grown only by what it asks for, freed with the session
+        options["arena_extend_strategy"] = "kSameAsRequested"
+    search = os.environ.get(CONV_ALGO_SEARCH_ENV, "")
+    if search:
+        if search.upper() not in _CONV_ALGO_SEARCH:
+            raise ConfigError(f"{CONV_ALGO_SEARCH_ENV} is not a cuDNN convolution algorithm search. Note: expected "
+                              f"one of {', '.join(_CONV_ALGO_SEARCH)}, got {search!r}. Fix: unset "
+                              f"{CONV_ALGO_SEARCH_ENV}, or set it to one of those")
+        options["cudnn_conv_algo_search"] = search.upper()
     return options
 
 
@@ -192,7 +209,8 @@ class OnnxRuntimeBackend(Backend):
         return model.SerializeToString(), _graph_io(model)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False) -> Session:
+             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
+             transient: bool = False) -> Session:
         if cuda_graph and device is None:
             raise ConfigError("CUDA-graph replay needs a CUDA device. Note: expected a device index, got None (the "
                               "CPU). Fix: drop --cuda-graph on the CPU")
@@ -207,8 +225,9 @@ class OnnxRuntimeBackend(Backend):
         providers: list[Any] = ["CPUExecutionProvider"]
         if device is not None:
             self._require_cuda(ort)
-            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(device, stream, cuda_graph)))
-            if _share_device_arena(ort, device):
+            providers.insert(0, ("CUDAExecutionProvider",
+                                 cuda_provider_options(device, stream, cuda_graph, transient)))
+            if not transient and _share_device_arena(ort, device):
                 options.add_session_config_entry("session.use_env_allocators", "1")
         model = Path(engine_path).read_bytes() if weights_dir is not None else str(engine_path)
         try:

@@ -103,7 +103,9 @@ class TensorRTBackend(Backend):
         return build_engine_with_io(graph_path, self.name, options)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False) -> Session:
+             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
+             transient: bool = False) -> Session:
+        # `transient` needs nothing here: an engine and its context free their memory when they are dropped
         if cuda_graph:
             raise ConfigError(f"CUDA-graph replay is not available with {self.label} engines yet. Note: expected "
                               "cuda_graph=False. Fix: drop --cuda-graph, or use --backend ort")

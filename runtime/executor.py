@@ -53,7 +53,8 @@ class StepTimes:
 
     def summary(self) -> dict:
         med = lambda xs: round(statistics.median(xs), 3) if xs else None  # noqa: E731
-        return {"sync_step_ms": med(self.sync_ms), "async_step_ms": med(self.async_ms),
+        first = round(self.sync_ms[0], 3) if self.sync_ms else None  # step 0: includes first-run costs
+        return {"sync_step_ms": med(self.sync_ms), "async_step_ms": med(self.async_ms), "first_step_ms": first,
                 "sync_steps": len(self.sync_ms), "async_steps": len(self.async_ms)}
 
 

@@ -37,7 +37,7 @@ class ImageResult:
     seconds: float
     summary: str
     stages: dict[str, float] = field(default_factory=dict)  # seconds of encode, denoise, decode
-    ranks: dict[str, float] = field(default_factory=dict)  # GPU ranks: slowest load_s, loop_s (inside "denoise")
+    ranks: dict[str, float] = field(default_factory=dict)  # slowest rank: load_s, loop_s, *_step_ms (rank_times)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def decode_latents(workdir: str | Path, data: dict, latents: np.ndarray, device:
     from trt_distri.engines.backend import get_backend
 
     vae = data["vae"]
-    session = get_backend("ort").load(Path(workdir) / vae["file"], device)
+    session = get_backend("ort").load(Path(workdir) / vae["file"], device, transient=True)
     z = latents.astype(np.float32)
     if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
         mean, std = (np.asarray(vae[k], np.float32).reshape(1, -1, 1, 1) for k in ("latents_mean", "latents_std"))
@@ -222,10 +222,15 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
 
 
 def rank_times(reports: list[dict]) -> dict[str, float]:
-    """The slowest GPU rank's session load and UNet loop (the rest of "denoise" is process start-up)."""
+    """The slowest GPU rank's session load and UNet loop (the rest of "denoise" is process start-up), and the
+    largest over ranks of the last run's first, median synchronous and median asynchronous step (ms); a key is left
+    out where a rank's report lacks it (CPU ranks time nothing; an all-synchronous run has no async step)."""
     out = {}
+    last = [r["runs"][-1] for r in reports if r.get("runs")]
     for key, values in (("load_s", [r.get("load_s") for r in reports]),
-                        ("loop_s", [r["runs"][-1].get("wall_s") for r in reports if r.get("runs")])):
+                        ("loop_s", [run.get("wall_s") for run in last]),
+                        *((key, [run.get(key) for run in last])
+                          for key in ("first_step_ms", "sync_step_ms", "async_step_ms"))):
         if values and all(v is not None for v in values):
             out[key] = max(values)
     return out

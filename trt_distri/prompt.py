@@ -85,7 +85,8 @@ class PromptEncoder:
         self.data = data
         backend = get_backend("ort")
         self.parts = [(PromptTokenizer(workdir / e["tokenizer"], e["max_length"]),
-                       backend.load(workdir / e["file"], device), e) for e in data["text_encoders"]]
+                       backend.load(workdir / e["file"], device, transient=True), e)
+                      for e in data["text_encoders"]]
 
     @property
     def sdxl(self) -> bool:

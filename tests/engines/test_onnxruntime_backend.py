@@ -111,3 +111,67 @@ def test_cuda_graph_option_reaches_the_provider_and_is_refused_where_it_cannot_r
         get_backend("ort").load(tmp_path / "graph.onnx", None, cuda_graph=True)
     with pytest.raises(ConfigError, match="not available with TensorRT-RTX engines yet"):
         get_backend("trt-rtx").load(tmp_path / "x.engine", 0, cuda_graph=True)
+
+
+def test_conv_algo_search_comes_from_the_environment(monkeypatch):
+    from trt_distri.engines.onnxruntime_backend import cuda_provider_options
+    from trt_distri.errors import ConfigError
+
+    monkeypatch.delenv("TRT_DISTRI_ORT_CONV_ALGO_SEARCH", raising=False)
+    assert "cudnn_conv_algo_search" not in cuda_provider_options(0, None)
+    monkeypatch.setenv("TRT_DISTRI_ORT_CONV_ALGO_SEARCH", "")
+    assert "cudnn_conv_algo_search" not in cuda_provider_options(0, None)
+    for value in ("heuristic", "EXHAUSTIVE", "Default"):
+        monkeypatch.setenv("TRT_DISTRI_ORT_CONV_ALGO_SEARCH", value)
+        assert cuda_provider_options(0, 7)["cudnn_conv_algo_search"] == value.upper()
+    monkeypatch.setenv("TRT_DISTRI_ORT_CONV_ALGO_SEARCH", "fastest")
+    with pytest.raises(ConfigError, match="TRT_DISTRI_ORT_CONV_ALGO_SEARCH.*got 'fastest'.*Fix: unset"):
+        cuda_provider_options(0, None)
+
+
+def test_transient_sessions_keep_out_of_the_shared_device_arena(tmp_path, monkeypatch):
+    """A transient session (text encoder, VAE) gets its own arena, freed with it; others share one per device."""
+    import types
+
+    from trt_distri.engines import onnxruntime_backend as ort_backend
+
+    made, registered = [], []
+
+    class Options:
+        def __init__(self):
+            self.entries = {}
+
+        def add_session_config_entry(self, key, value):
+            self.entries[key] = value
+
+    class Session:
+        def __init__(self, model, options, providers):
+            made.append((options.entries, providers))
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_inputs(self):
+            return []
+
+        def get_outputs(self):
+            return []
+
+    fake = types.SimpleNamespace(
+        __version__="fake", SessionOptions=Options, InferenceSession=Session,
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        OrtMemoryInfo=lambda *a: a, OrtAllocatorType=types.SimpleNamespace(ORT_ARENA_ALLOCATOR=0),
+        OrtMemType=types.SimpleNamespace(DEFAULT=0), OrtArenaCfg=dict,
+        create_and_register_allocator_v2=lambda *a: registered.append(a))
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    monkeypatch.setattr(ort_backend, "_SHARED_ARENAS", {})
+    (tmp_path / "g.onnx").write_bytes(b"")
+    backend = get_backend("ort")
+    backend.load(tmp_path / "g.onnx", 3, transient=True)
+    entries, providers = made[-1]
+    assert "session.use_env_allocators" not in entries and not registered
+    assert providers[0][1]["arena_extend_strategy"] == "kSameAsRequested"
+    backend.load(tmp_path / "g.onnx", 3)
+    entries, providers = made[-1]
+    assert entries["session.use_env_allocators"] == "1" and len(registered) == 1
+    assert "arena_extend_strategy" not in providers[0][1]

@@ -1,6 +1,8 @@
 """Prompt to image on the CPU: PNG with 1 and 2 ranks, equality with diffusers' own pipeline, determinism."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,29 @@ def test_latent_output_is_npy(workdir, tmp_path):
     assert main(["run", str(workdir("tiny-sdxl")), "--prompt", PROMPT, "--device", "cpu", "--steps", "2",
                  "--output-type", "latent", "-o", str(out)]) == 0
     assert np.load(out).shape == (1, 4, 16, 16)
+
+
+def test_encoders_and_vae_load_as_transient_sessions(workdir, monkeypatch):
+    """The text encoders and the VAE run in the main process beside rank 0's UNet process on the first GPU: they
+    must not keep device memory in the process-wide ONNX Runtime arena once they are dropped."""
+    from trt_distri.engines import backend as backends
+    from trt_distri.pipeline import generate_image
+
+    real, loads = backends.get_backend, []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def load(self, path, device, **kwargs):
+            loads.append((Path(path).name, kwargs.get("transient", False)))
+            return self.inner.load(path, device, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(backends, "get_backend", lambda name: Recording(real(name)))
+    generate_image(workdir("tiny-sdxl"), "a fox", steps=2, seed=0)
+    transient = {name for name, flag in loads if flag}
+    assert transient == {"text_encoder.onnx", "text_encoder_2.onnx", "vae_decoder.onnx"}, loads
+    assert any(name.startswith("warmup.") for name, _ in loads)  # UNet segments share the arena as before
