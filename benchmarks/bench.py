@@ -36,6 +36,7 @@ from trt_distri.export.exporter import export_unet
 from trt_distri.loop import psnr
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
+from trt_distri.runtime.comm import RankFailedError
 from trt_distri.runtime.launch import stop_on_sigterm
 
 from bench_report import driver_version, merge, write_results
@@ -194,7 +195,15 @@ def main() -> None:
                 ahead[i + args.exporters] = pool.submit(prepare, args.model, *todo[i + args.exporters],
                                                              args.root)
             for graph in graph_modes:
-                row, latents = run_config(workdir, prepare_s, size, gpus, split, graph, args)
+                try:
+                    row, latents = run_config(workdir, prepare_s, size, gpus, split, graph, args)
+                except RankFailedError as exc:  # recorded; the other configurations still run
+                    log.error("%dx%d on %d GPUs (split %s, CUDA graphs %s) failed: %s", size, size, gpus, split,
+                              graph, exc)
+                    result["rows"].append({"size": size, "gpus": gpus, "split": split, "cuda_graph": graph,
+                                           "error": str(exc)[:500]})
+                    write_results(result, args.out_dir)
+                    continue
                 row["export_overlapped"] = bool(ahead)  # exports ran on the host's CPU beside the measured run
                 compare_with_one_gpu(row, latents, baseline_for(row, bases))
                 if gpus == 1:

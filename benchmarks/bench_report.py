@@ -17,10 +17,14 @@ def markdown(result: dict) -> str:
              "| GiB used | export+prepare / load s |",
              "| --- " * 15 + "|"]
     for r in result["rows"]:
+        graph = "yes" if r.get("cuda_graph", result.get("cuda_graph")) else "no"
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {graph} | failed: "
+                         f"{r['error'][:160]} |" + " |" * 10)
+            continue
         ex = r["exchange"]
         comm = (f"{r['no_comm']['async_step_ms']:.1f} | {r['async_overhead_pct']} %" if r["gpus"] > 1 else "- | -")
         speedup = r.get("speedup", f"refused: {r['refused']}" if "refused" in r else "-")
-        graph = "yes" if r.get("cuda_graph", result.get("cuda_graph")) else "no"
         lines.append(f"| {r['size']} | {r['gpus']} | {'yes' if r['split'] else 'no'} | {graph} | "
                      f"{ex['sync_step_ms']:.1f} | "
                      f"{ex['async_step_ms']:.1f} | {comm} | {r['projected_50_s']} s | {speedup} | "

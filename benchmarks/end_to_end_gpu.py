@@ -115,8 +115,8 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
 def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
     """The UNet loop's time as bench.py projects it from its step medians (same size and GPUs, patches only,
     no CUDA graphs: what this script runs)."""
-    rows = [r for r in (bench or {}).get("rows", []) if (r["size"], r["gpus"], r["split"], r.get("cuda_graph", False))
-            == (record["size"], record["gpus"], False, False)]
+    rows = [r for r in (bench or {}).get("rows", []) if "exchange" in r and (r["size"], r["gpus"], r["split"],
+            r.get("cuda_graph", False)) == (record["size"], record["gpus"], False, False)]
     if not rows:
         return None
     sync = min(record["warmup_steps"] + 1, record["steps"])

@@ -15,6 +15,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     data = json.loads((RESULTS / "bench.json").read_text())
+    data["rows"] = [r for r in data["rows"] if "error" not in r and not r.get("cuda_graph")]
     torch_1gpu = {t["size"]: t["projected_50_s"] for t in data.get("torch_baseline", [])}
     fig, ax = plt.subplots(figsize=(5.4, 3.8))
     for size, color in zip(sorted({r["size"] for r in data["rows"]}), ("tab:blue", "tab:orange", "tab:green")):

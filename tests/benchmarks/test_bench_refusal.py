@@ -115,3 +115,26 @@ def test_a_graph_row_is_compared_with_the_plain_one_gpu_run(bench):
     row = dict(graph, projected_50_s=10.0)
     bench.compare_with_one_gpu(row, {"exchange": one_gpu * np.float32(1.5)}, base)  # a capture that went wrong
     assert "speedup" not in row and "relative RMS" in row["refused"]
+
+
+def test_a_failing_configuration_is_recorded_and_the_rest_still_run(bench, tmp_path, monkeypatch):
+    """As on 4 x H200: CUDA-graph capture failed on 2 GPUs; the row says so and the next configurations run."""
+    from trt_distri.runtime.comm import RankFailedError
+
+    def flaky(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False, timeout_s=0):
+        if cuda_graph and len(gpus) > 1:
+            raise RankFailedError("rank 1 failed: RuntimeError: CUDA failure 900: operation not permitted when "
+                                  "stream is capturing")
+        return _cpu_run_gpus(workdir, inputs, options, gpus, repeats, variants)
+
+    monkeypatch.setattr(bench, "run_gpus", flaky)
+    out = tmp_path / "part"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-sdxl", "--sizes", "64", "--gpus", "1", "2",
+                                      "--split", "both", "--steps", "3", "--warmup", "1", "--cuda-graph", "both",
+                                      "--root", str(tmp_path / "work"), "--out-dir", str(out)])
+    bench.main()
+    rows = {(r["gpus"], r["split"], r["cuda_graph"]): r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    assert len(rows) == 6
+    assert "stream is capturing" in rows[(2, False, True)]["error"] and "error" in rows[(2, True, True)]
+    assert rows[(2, True, False)]["speedup"] == 2.0  # the configuration after the failure was measured
+    assert "| 64 | 2 | no | yes | failed: rank 1 failed" in (out / "bench.md").read_text()
