@@ -160,7 +160,7 @@ class RankGraph:
                 b.output(b.slice(x, 2, 0, below), f"rawhalo.{conv_name}.top", "fresh", layer=conv_name)
             if above:
                 b.output(b.slice(x, 2, rows - above, rows), f"rawhalo.{conv_name}.bottom", "fresh", layer=conv_name)
-            b.output(b.const(np.ones((1, 1, 1, 1)), b.dtype), f"valid.{conv_name}", "fresh", layer=conv_name)
+            b.output(self._ones_like_corner(x), f"valid.{conv_name}", "fresh", layer=conv_name)
 
         h, normalise = self._group_norm(x, norm, norm_name, before_cut=raw_rows)
         h = b.silu(h)
@@ -175,6 +175,14 @@ class RankGraph:
                                 entry=f"valid.{conv_name}", peer=peer)
             halos.append(b.mul(b.silu(normalise(raw)), valid))
         return self._conv(h, conv, conv_name, halos=halos)
+
+    def _ones_like_corner(self, x):
+        """A (1, 1, 1, 1) one computed on the device from x's first element (x - x + 1). A constant graph output
+        would be folded into an initializer that ONNX Runtime copies into the bound output with a synchronous
+        default-stream memcpy on every run, which CUDA-graph capture refuses (seen on 2 x H200)."""
+        b = self.b
+        corner = b.op("Slice", [x, b.const([0, 0, 0, 0]), b.const([1, 1, 1, 1]), b.const([0, 1, 2, 3])], (1, 1, 1, 1))
+        return b.add(b.op("Sub", [corner, corner], (1, 1, 1, 1)), b.const(np.ones((1, 1, 1, 1)), b.dtype))
 
     def _stale(self, name: str, shape, dtype, layer: str, entry: str, peer: int, wrap: bool = False):
         return self.b.input(name, shape, dtype, "stale", layer=layer,

@@ -52,3 +52,26 @@ def test_steady_emission_has_no_warmup_entries(tiny_sdxl):
     graph = _emit(tiny_sdxl, warmup=False)
     names = [v.name for v in graph.outputs + graph.inputs]
     assert not [n for n in names if n.startswith(("rawhalo.", "valid."))]
+
+
+def test_every_graph_output_is_computed_from_a_graph_input(tiny_sdxl, tmp_path):
+    """No exported segment has an output that is a constant: ONNX Runtime folds it into an initializer and copies
+    it into the bound output with a synchronous default-stream memcpy on every run, which breaks CUDA-graph capture
+    (seen on 2 x H200 with the warm-up set's `valid.<conv>` flags)."""
+    import onnx
+
+    from trt_distri.config import ExportRequest
+    from trt_distri.export.exporter import export_unet
+
+    out = tmp_path / "w"
+    export_unet(ExportRequest("random:tiny-sdxl", 128, 128, 2, out, cfg_split=False), unet=tiny_sdxl)
+    graphs = sorted((out / "graphs").glob("*.onnx"))
+    assert any(g.name.startswith("warmup.") for g in graphs)
+    for path in graphs:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        live = {i.name for i in graph.input}
+        for node in graph.node:  # topological order
+            if any(name in live for name in node.input):
+                live.update(node.output)
+        constant = [o.name for o in graph.output if o.name not in live]
+        assert not constant, f"{path.name}: outputs not computed from any input: {constant}"
