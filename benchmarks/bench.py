@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import multiprocessing
+import os
 import platform
 import shutil
 import sys
@@ -176,7 +177,8 @@ def main() -> None:
               "model": args.model, "host": platform.node(), "ort": onnxruntime.__version__,
               "driver": driver_version(), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]), "steps": args.steps,
-              "warmup": args.warmup, "rows": []}
+              "warmup": args.warmup, "rows": [],
+              "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "TRT_DISTRI_"))}}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(size, g, split) for size in args.sizes for g, split in configs(args.gpus, args.split)]
     spawn = multiprocessing.get_context("spawn")

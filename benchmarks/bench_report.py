@@ -11,7 +11,8 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`. Backend: ONNX Runtime CUDA {result['ort']}, fp16, DDIM, guidance 5; "
              f"driver {result.get('driver', 'not recorded')}, torch {result.get('torch', 'not recorded')}. "
              f"{result['steps']} measured steps per run ({result['warmup'] + 1} synchronous); projection: 5 "
-             "synchronous + 45 asynchronous steps.", "",
+             "synchronous + 45 asynchronous steps."
+             + "".join(f" {k}={v}." for k, v in result.get("env", {}).items()), "",
              "| size | GPUs | split | CUDA graph | sync ms | async ms | no-comm async ms | overhead "
              "| projected 50 steps | speed-up | sync vs 1 GPU (rel. RMS) | async PSNR vs 1 GPU | exchange MB/GPU/step "
              "| GiB used | export+prepare / load s |",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 8 and issue 5 measurements on one 4-GPU host.
 #   benchmarks/run_all.sh OUT PART [PART...]
-#   PART: 3840 | 2048 | graph | reference | ref-3840 | e2e | reproject
+#   PART: 3840 | 3840-ctas | 2048 | graph | reference | ref-3840 | ref-2048 | e2e | e2e-heuristic | reproject
 # Parts run in the order given; each writes under OUT and a failed part does not stop the next. A device call is
 # limited to 10 minutes, so start it detached and read OUT from later calls (docs/benchmarks.md, "Reproducing"):
 #   setsid nohup benchmarks/run_all.sh /tmp/out e2e graph ref-3840 3840 >/tmp/out.log 2>&1 &
@@ -38,6 +38,9 @@ for part in "$@"; do
     3840)
       limit 560 python benchmarks/bench.py --sizes 3840 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b3840 \
         --out-dir "$out/bench-3840" ;;
+    3840-ctas)  # NCCL kernels on fewer SMs (NCCL_MAX_CTAS, default 4 here): does the exchange overhead drop?
+      NCCL_MAX_CTAS=${CTAS:-4} limit 400 python benchmarks/bench.py --sizes 3840 --gpus 1 4 --split no \
+        --root /tmp/c3840 --out-dir "$out/ctas-3840" ;;  # not bench-*: kept out of the merge
     2048)
       python benchmarks/bench.py --sizes 2048 --gpus 1 2 4 --split both --torch-baseline --root /tmp/b2048 \
         --out-dir "$out/bench-2048"
@@ -49,14 +52,18 @@ for part in "$@"; do
         --out-dir "$out/bench-g2048" ;;
     reference) reference 2048:2 2048:4 3840:2 3840:4 ;;
     ref-3840) reference 3840:2 3840:4 ;;
+    ref-2048) reference 2048:2 2048:4 ;;
     e2e)
       limit 560 python benchmarks/end_to_end_gpu.py --case 2048:2 --case 3840:4 --steps 30 --root /tmp/e2e \
         --parallel-export --out "$out/e2e/end_to_end_gpu.json" --bench "$out"/bench-*/bench.json ;;
+    e2e-heuristic)  # the same cases (exports reused) with cuDNN's heuristic algorithm choice: first-run cost
+      TRT_DISTRI_ORT_CONV_ALGO_SEARCH=HEURISTIC limit 400 python benchmarks/end_to_end_gpu.py --case 2048:2 \
+        --case 3840:4 --steps 30 --root /tmp/e2e --out "$out/e2e/end_to_end_gpu_heuristic.json" ;;
     reproject)  # the e2e projection from bench parts that ran after it
       python benchmarks/end_to_end_gpu.py --reproject --out "$out/e2e/end_to_end_gpu.json" \
         --bench "$out"/bench-*/bench.json ;;
-    *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 2048, graph, reference, ref-3840, e2e," \
-         "reproject" >&2
+    *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 3840-ctas, 2048, graph, reference, ref-3840," \
+         "ref-2048, e2e, e2e-heuristic, reproject" >&2
        (exit 2) ;;
   esac
   rc=$?

@@ -82,6 +82,7 @@ def test_bench_end_to_end_on_cpu(bench, tmp_path, monkeypatch):
     """Exporter processes, every configuration with and without CUDA graphs, the synchronous check and the merge,
     with a tiny model on CPU."""
     monkeypatch.setattr(bench, "run_gpus", _cpu_run_gpus)
+    monkeypatch.setenv("NCCL_MAX_CTAS", "4")  # settings that change speed are recorded with the results
     out = tmp_path / "part"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-sdxl", "--sizes", "64", "--gpus", "1", "2",
                                       "--split", "both", "--steps", "4", "--warmup", "1", "--cuda-graph", "both",
@@ -89,6 +90,7 @@ def test_bench_end_to_end_on_cpu(bench, tmp_path, monkeypatch):
                                       str(tmp_path / "work"), "--out-dir", str(out)])
     bench.main()
     result = json.loads((out / "bench.json").read_text())
+    assert result["env"]["NCCL_MAX_CTAS"] == "4" and "NCCL_MAX_CTAS=4." in (out / "bench.md").read_text()
     rows = {(r["gpus"], r["split"], r["cuda_graph"]): r for r in result["rows"]}
     assert set(rows) == {(g, s, c) for g, s in ((1, False), (2, False), (2, True)) for c in (False, True)}
     assert "speedup" not in rows[(1, False, False)]
