@@ -72,7 +72,7 @@ def _warn_small_patches(request: ExportRequest) -> None:
         most = max(1, request.height * request.width // SMALL_PATCH_PIXELS) * groups
         log.warning("each GPU gets %d of the image's %d pixel rows (%.2f MP): with the ONNX Runtime backend, "
                     "patches this small were measured at most 1.07x one GPU, and 0.79x at 1024x1024 on 4 GPUs "
-                    "(benchmarks/results/bench.md): launches and warm-up exchanges outweigh the work. Fix: export "
+                    "(docs/benchmarks.md): launches and warm-up exchanges outweigh the work. Fix: export "
                     "for at most --gpus %d", request.height // request.patch_devices, request.height, pixels / 1e6,
                     most)
 
