@@ -28,6 +28,7 @@ import numpy as np
 
 from trt_distri.errors import ConfigError, TrtDistriError
 from trt_distri.export.manifest import Manifest
+from trt_distri.prompt import default_time_ids, pooled_text_dim
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import Topology
 
@@ -88,11 +89,9 @@ class WorkdirInfo:
 
     @classmethod
     def from_manifest(cls, m: dict) -> "WorkdirInfo":
-        model, plan, cfg = m["model"], m["plan"], m["model"].get("config", {})
-        pooled = (cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
-                  if model["sdxl"] else 0)
+        model, plan = m["model"], m["plan"]
         return cls(plan["width"], plan["height"], model["in_channels"], plan["latent_height"], plan["latent_width"],
-                   m["text_len"], model["cross_attention_dim"], pooled, bool(m.get("guidance", True)),
+                   m["text_len"], model["cross_attention_dim"], pooled_text_dim(model), bool(m.get("guidance", True)),
                    Topology.from_manifest(m).world)
 
 
@@ -191,7 +190,7 @@ class Generator:
                                        f"({rows}, {dim}), got None")
         text_embeds = _array("text_embeds", text_embeds, (rows, dim), batch=False)
         if time_ids is None:
-            time_ids = [plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]
+            time_ids = default_time_ids(plan, rows)
         time_ids = np.asarray(time_ids, np.float32)
         time_ids = np.repeat(time_ids[None], rows, axis=0) if time_ids.shape == (6,) else time_ids
         return text_embeds, _array("time_ids", time_ids, (rows, 6), batch=False)
@@ -259,12 +258,9 @@ def _pick_device(device: str | None) -> str:
         raise InvalidArgumentError(f"unknown device {device!r}. Note: expected 'cpu', 'cuda' or None (automatic)")
     if device is not None:
         return device
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return "cpu"
-    err, count = cudart.cudaGetDeviceCount()
-    return "cuda" if err == cudart.cudaError_t.cudaSuccess and count > 0 else "cpu"
+    from trt_distri.pipeline import cuda_device_count
+
+    return "cuda" if cuda_device_count() > 0 else "cpu"
 
 
 def _launcher_rank(rank: int | None) -> int | None:

@@ -35,8 +35,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None, help="checked against the work directory's width")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="cuda: one process per GPU (default where GPUs exist); cpu: every rank in this process")
-    p.add_argument("--gpus", type=str, default=None, help="N (the first N GPUs) or indices such as 0,1,2,3 (default: the first N, "
-                                                           "N = what the work directory was exported for)")
+    p.add_argument("--gpus", type=str, default=None,
+                   help="N (the first N GPUs) or indices such as 0,1,2,3 (default: the first N, N = what the work "
+                        "directory was exported for)")
     p.add_argument("--backend", choices=["ort", "trt", "trt-rtx"], default="ort")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--warmup-steps", type=int, default=4, help="synchronous steps after step 0 (default 4)")
@@ -116,6 +117,7 @@ def _run_random(args: argparse.Namespace, out: Path, target) -> int:
 def random_inputs(data: dict, steps: int, scheduler: str, guidance: float, seed: int):
     """Seeded noise and text embeddings of the model's shapes, and the scheduler as a LinearSchedule."""
     from trt_distri.loop import make_scheduler
+    from trt_distri.prompt import default_time_ids, pooled_text_dim
     from trt_distri.runtime.generation import GenerationInputs
     from trt_distri.schedule import linear_schedule
 
@@ -127,11 +129,8 @@ def random_inputs(data: dict, steps: int, scheduler: str, guidance: float, seed:
     rows = 2 if guided else 1
     text = time_ids = None
     if model["sdxl"]:
-        cfg = model["config"]
-        dim = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
-        text = rng.standard_normal((rows, dim), np.float32)
-        size = [plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]
-        time_ids = np.asarray([size] * rows, np.float32)
+        text = rng.standard_normal((rows, pooled_text_dim(model)), np.float32)
+        time_ids = default_time_ids(plan, rows)
     schedule = linear_schedule(make_scheduler(scheduler), steps)
     return GenerationInputs(latents, enc[1:], enc[:1] if guided else None, schedule, guidance, text, time_ids)
 

@@ -128,9 +128,10 @@ def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target
     """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports).
     `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end."""
     from trt_distri.runtime.executor import RunOptions
+    from trt_distri.runtime.generation import Topology
 
     options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step)
-    world = data["gpus"] if data.get("cfg_split") else data["plan"]["devices"]
+    world = Topology.from_manifest(data).world
     if target.device == "cpu":
         from trt_distri.runtime.local import run_local
 

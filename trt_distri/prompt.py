@@ -31,6 +31,20 @@ class PromptEmbeddings:
     time_ids: np.ndarray | None = None  # (2, 6) or (1, 6); SDXL only
 
 
+def pooled_text_dim(model: dict) -> int:
+    """Size of SDXL's pooled text embedding (`text_embeds`) for the manifest's `model` entry; 0 for SD 1.x/2.x."""
+    if not model["sdxl"]:
+        return 0
+    cfg = model["config"]
+    return cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+
+
+def default_time_ids(plan: dict, rows: int) -> np.ndarray:
+    """SDXL's size/crop conditioning for the work directory's image size, no crop: (rows, 6) fp32."""
+    size = [plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]
+    return np.asarray([size] * rows, np.float32)
+
+
 class PromptTokenizer:
     """CLIP tokenization to a fixed length: special tokens, truncation, padding with the tokenizer's pad token."""
 
@@ -110,7 +124,6 @@ class PromptEncoder:
                 uncond, neg_pooled = self._encode(negative_prompt)
         if not self.sdxl:
             return PromptEmbeddings(cond, uncond)
-        plan = self.data["plan"]
-        size = np.asarray([[plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]], np.float32)
         text = np.concatenate([neg_pooled, pooled]) if guided else pooled
-        return PromptEmbeddings(cond, uncond, text.astype(np.float32), np.repeat(size, 2 if guided else 1, axis=0))
+        return PromptEmbeddings(cond, uncond, text.astype(np.float32),
+                                default_time_ids(self.data["plan"], 2 if guided else 1))
