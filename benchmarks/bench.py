@@ -92,8 +92,9 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
     if gpus > 1:  # the diagnostic without exchange, and every step synchronous (must equal 1 GPU within fp16)
         variants += [Variant("no_comm", no_comm=True, repeats=1),
                      Variant("sync", warmup_steps=args.steps, repeats=1)]
-    _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=args.warmup), list(range(gpus)), repeats=2,
-                          variants=variants, cuda_graph=cuda_graph, timeout_s=args.run_timeout)
+    options = RunOptions(warmup_steps=args.warmup, cuda_graph=cuda_graph)
+    _, reports = run_gpus(workdir, inputs, options, list(range(gpus)), repeats=2, variants=variants,
+                          timeout_s=args.run_timeout)
     patch_devices = data["plan"]["devices"]
     row = {"size": size, "gpus": gpus, "split": split, "cuda_graph": cuda_graph, "prepare_s": prepare_s,
            "load_s": max(r["load_s"] for r in reports),
@@ -149,8 +150,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="measured steps per run (default 10: 5 sync + 5 async)")
     ap.add_argument("--warmup", type=int, default=4, help="steps 0..warmup run synchronously")
     ap.add_argument("--torch-baseline", action="store_true")
-    ap.add_argument("--cuda-graph", nargs="?", const="on", default="off", choices=["off", "on", "both"],
-                    help="UNet segments replay ONNX Runtime CUDA graphs (both: each configuration without, then with)")
+    ap.add_argument("--cuda-graph", nargs="?", const="on", default="on", choices=["off", "on", "both"],
+                    help="UNet segments replay ONNX Runtime CUDA graphs, the runtime's default (default on; both: "
+                         "each configuration without, then with)")
     ap.add_argument("--run-timeout", type=float, default=900.0,
                     help="seconds one configuration's GPU run may take before its ranks are stopped")
     ap.add_argument("--keep", action="store_true", help="keep the exported work directories (default: delete)")

@@ -30,6 +30,7 @@ from trt_distri.engines.build import build_workdir
 from trt_distri.export.pipeline_export import export_pipeline
 from trt_distri.pipeline import Target, generate_image
 from trt_distri.png import png_bytes
+from trt_distri.runtime.executor import uses_cuda_graph
 from trt_distri.runtime.launch import stop_on_sigterm
 
 log = logging.getLogger("end_to_end_gpu")
@@ -95,10 +96,10 @@ def prepare(size: int, gpus: int, root: Path, backend: str, export_s: float | No
 
 def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | None = None) -> dict:
     record: dict = {"size": size, "gpus": gpus, "steps": args.steps, "warmup_steps": args.warmup_steps,
-                    "backend": args.backend}
+                    "backend": args.backend, "cuda_graph": uses_cuda_graph(args.cuda_graph, args.backend, reused=False)}
     try:
         workdir, record["prepare"] = prepare(size, gpus, args.root, args.backend, export_s)
-        target = Target("cuda", tuple(range(gpus)), args.backend)
+        target = Target("cuda", tuple(range(gpus)), args.backend, cuda_graph=args.cuda_graph)
         with MemoryPoller() as memory:
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
                                     warmup_steps=args.warmup_steps, seed=0, target=target)
@@ -113,10 +114,11 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
 
 
 def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
-    """The UNet loop's time as bench.py projects it from its step medians (same size and GPUs, patches only,
-    no CUDA graphs: what this script runs)."""
+    """The UNet loop's time as bench.py projects it from its step medians (same size, GPUs and CUDA-graph mode,
+    patches only: what this script runs)."""
+    mode = record.get("cuda_graph", False)  # records from before graphs were the default ran without
     rows = [r for r in (bench or {}).get("rows", []) if "exchange" in r and (r["size"], r["gpus"], r["split"],
-            r.get("cuda_graph", False)) == (record["size"], record["gpus"], False, False)]
+            r.get("cuda_graph", False)) == (record["size"], record["gpus"], False, mode)]
     if not rows:
         return None
     sync = min(record["warmup_steps"] + 1, record["steps"])
@@ -124,18 +126,23 @@ def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
     return round((sync * ex["sync_step_ms"] + (record["steps"] - sync) * ex["async_step_ms"]) / 1000, 2)
 
 
+def graph(record: dict) -> str:
+    return "yes" if record.get("cuda_graph") else "no"
+
+
 def markdown(records: list[dict]) -> str:
     lines = ["# End to end on GPUs (SDXL architecture, random weights; fp16 UNet, fp32 encoders and VAE)", "",
-             "| size | GPUs | steps | export / build s | encode s | denoise s (rank load s, UNet loop s) "
+             "| size | GPUs | CUDA graph | steps | export / build s | encode s | denoise s (rank load s, UNet loop s) "
              "| UNet loop projected by bench.py s | decode s | total s | peak MiB per GPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | | failed: {r['error'][:120]} | | | | | |")
+            lines.append(f"| {r['size']} | {r['gpus']} | {graph(r)} | {r['steps']} | | failed: {r['error'][:120]} "
+                         "| | | | | |")
             continue
         s, p = r["stages"], r["prepare"]
-        lines.append(f"| {r['size']} | {r['gpus']} | {r['steps']} | {p.get('export_s', '-')} / {p['build_s']} | "
-                     f"{s['encode']} | {s['denoise']} ({r['ranks'].get('load_s', '-')}, "
+        lines.append(f"| {r['size']} | {r['gpus']} | {graph(r)} | {r['steps']} | {p.get('export_s', '-')} / "
+                     f"{p['build_s']} | {s['encode']} | {s['denoise']} ({r['ranks'].get('load_s', '-')}, "
                      f"{r['ranks'].get('loop_s', '-')}) | {r.get('projected_denoise_s') or '-'} | "
                      f"{s.get('decode', '-')} | {r['seconds']} | "
                      f"{', '.join(f'{v}' for v in r['peak_mib_per_gpu'].values())} |")
@@ -148,6 +155,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup-steps", type=int, default=4)
     parser.add_argument("--backend", default="ort")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay the UNet as CUDA graphs (default: the runtime's choice for one image, off)")
     parser.add_argument("--parallel-export", action="store_true", help="export every case at once first")
     parser.add_argument("--root", type=Path, default=Path("/tmp/trt-distri-e2e"))
     parser.add_argument("--out", type=Path, default=RESULTS / "end_to_end_gpu.json")

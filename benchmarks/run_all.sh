@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 8 and issue 5 measurements on one GPU host (1, 2 or 4 GPUs).
 #   benchmarks/run_all.sh OUT PART [PART...]
-#   PART: 3840 | 3840-ctas | 2048 | 1024 | graph | reference | ref-3840 | ref-2048 | e2e | e2e-heuristic | reproject
+#   PART: 3840 | 3840-ctas | 2048 | 1024 | graph | reuse | reference | ref-3840 | ref-2048 | e2e | e2e-heuristic |
+#         reproject
 # GPU counts: 1 2 4, less those the host lacks (GPUS="1 2" overrides); reference and end-to-end cases that need
 # more GPUs than the host has are left out and say so.
 # Parts run in the order given; each writes under OUT and a failed part does not stop the next. A device call is
@@ -19,7 +20,9 @@ shift
 [ $# -gt 0 ] || { echo "usage: run_all.sh OUT PART [PART...]" >&2; exit 2; }
 mkdir -p "$out"
 ngpu=$(python -c 'import torch; print(torch.cuda.device_count())') || exit 1
-fits() { [ "${1#*:}" -le "$ngpu" ] || { echo "run_all.sh: $1 left out: needs ${1#*:} GPUs, the host has $ngpu"; false; }; }
+fits() {  # SIZE:GPUS
+  [ "${1#*:}" -le "$ngpu" ] || { echo "run_all.sh: $1 left out: needs ${1#*:} GPUs, the host has $ngpu"; false; }
+}
 GPUS=${GPUS:-$(for g in 1 2 4; do [ "$g" -le "$ngpu" ] && printf '%s ' "$g"; done)}
 cases() { for c in "$@"; do fits "$c" >&2 && printf -- '--case %s ' "$c"; done; }
 
@@ -59,6 +62,9 @@ for part in "$@"; do
         --out-dir "$out/bench-g1024"
       limit 300 python benchmarks/bench.py --sizes 2048 --gpus $GPUS --split no --cuda-graph both --root /tmp/g2048 \
         --out-dir "$out/bench-g2048" ;;
+    reuse)  # the API's rank processes kept loaded between generations, CUDA graphs by default (tiny pipeline)
+      limit 300 python benchmarks/reuse_check.py --gpus "$(echo $GPUS | awk '{print $NF}')" \
+        --out "$out/reuse/reuse_check.json" ;;
     reference) reference 2048:2 2048:4 3840:2 3840:4 ;;
     ref-3840) reference 3840:2 3840:4 ;;
     ref-2048) reference 2048:2 2048:4 ;;
@@ -71,7 +77,7 @@ for part in "$@"; do
     reproject)  # the e2e projection from bench parts that ran after it
       python benchmarks/end_to_end_gpu.py --reproject --out "$out/e2e/end_to_end_gpu.json" \
         --bench "$out"/bench-*/bench.json ;;
-    *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 3840-ctas, 2048, 1024, graph, reference, ref-3840," \
+    *) echo "run_all.sh: unknown part '$part'. Fix: one of 3840, 3840-ctas, 2048, 1024, graph, reuse, reference, ref-3840," \
          "ref-2048, e2e, e2e-heuristic, reproject" >&2
        (exit 2) ;;
   esac

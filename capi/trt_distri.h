@@ -26,8 +26,9 @@
  *     generator is released when it returns. Any later call on the handle fails with INVALID_HANDLE.
  *
  * Blocking
- *   - trt_distri_generator_create blocks while it loads the work directory (all ranks' sessions on the CPU);
- *     the first call in a process also starts the interpreter and imports the runtime (seconds).
+ *   - trt_distri_generator_create blocks while it loads the work directory (all ranks' sessions on the CPU;
+ *     on cuda with rank -1, the rank processes it starts, which stay loaded until destroy); the first call in
+ *     a process also starts the interpreter and imports the runtime (seconds).
  *   - trt_distri_generate and trt_distri_generate_from_embeddings block for the whole generation.
  *   - trt_distri_generator_destroy blocks while sessions are released (not while another call runs).
  *   - trt_distri_version, trt_distri_abi_version, trt_distri_last_error, trt_distri_status_name and every

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from trt_distri.engines.backend import Backend, BackendCapabilities, BuildOptions, Session, TensorInfo
-from trt_distri.errors import ConfigError, EngineBuildError, MissingPackageError
+from trt_distri.errors import ConfigError, EngineBuildError, EngineRunError, MissingPackageError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -118,9 +118,9 @@ def _session_io(session: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 class OrtSession(Session):
     """An `onnxruntime.InferenceSession`; on CUDA, bound tensors go through an IOBinding on raw pointers."""
 
-    def __init__(self, session: Any, device: int | None, stream: int | None) -> None:
+    def __init__(self, session: Any, device: int | None, stream: int | None, cuda_graph: bool = False) -> None:
         super().__init__(*_session_io(session))
-        self.session, self.device, self.stream = session, device, stream
+        self.session, self.device, self.stream, self.cuda_graph = session, device, stream, cuda_graph
         self._binding: PointerBinding | None = None
 
     def _run_host_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,32 +135,47 @@ class OrtSession(Session):
             raise ConfigError(f"ONNX Runtime runs on the stream its session was created with. Note: expected "
                               f"stream {self.stream}, got {stream}. Fix: load the engine with stream={stream}")
         if self._binding is None:
-            self._binding = PointerBinding(self.session, self.inputs, self.outputs, "cuda", self.device)
+            self._binding = PointerBinding(self.session, self.inputs, self.outputs, "cuda", self.device,
+                                           self.cuda_graph)
         self._binding.run(self._bound)
 
 
 class PointerBinding:
     """One IOBinding kept for the session's life: a run re-binds only the tensors whose pointer changed (a
-    segment runs every step, and binding every tensor anew cost host time on each of ~140 runs per step)."""
+    segment runs every step, and binding every tensor anew cost host time on each of ~140 runs per step).
+    `frozen`: a session replaying a CUDA graph reads the pointers it was captured with, so after its first run a
+    moved tensor is refused instead of being silently ignored."""
 
     def __init__(self, session: Any, inputs: list[TensorInfo], outputs: list[TensorInfo], device_type: str,
-                 device_id: int) -> None:
+                 device_id: int, frozen: bool = False) -> None:
         ort = _import("onnxruntime", "onnxruntime-gpu")
         self.session, self.binding = session, session.io_binding()
         self.options = ort.RunOptions()
         self.options.add_run_config_entry(_NO_SYNC_KEY, "1")
         self.tensors = [(t.name, self.binding.bind_input, np.dtype(t.dtype), list(t.shape)) for t in inputs] + \
                        [(t.name, self.binding.bind_output, np.dtype(t.dtype), list(t.shape)) for t in outputs]
-        self.device_type, self.device_id = device_type, device_id
+        self.device_type, self.device_id, self.frozen = device_type, device_id, frozen
         self.applied: dict[str, int] = {}
 
     def run(self, pointers: dict[str, int]) -> None:
         for name, bind, dtype, shape in self.tensors:
             ptr = pointers[name]
             if self.applied.get(name) != ptr:
+                if self.frozen and name in self.applied:
+                    raise ConfigError(f"tensor {name!r} moved after its CUDA graph was captured. Note: expected "
+                                      f"address {self.applied[name]:#x}, got {ptr:#x}. Fix: keep every bound buffer "
+                                      "in place for the session's life, or load the session with cuda_graph=False "
+                                      "(`trt-distri run --no-cuda-graph`)")
                 bind(name, self.device_type, self.device_id, dtype, shape, ptr)
                 self.applied[name] = ptr
-        self.session.run_with_iobinding(self.binding, self.options)
+        try:
+            self.session.run_with_iobinding(self.binding, self.options)
+        except Exception as exc:  # onnxruntime's own error types
+            if not self.frozen:
+                raise
+            raise EngineRunError(f"ONNX Runtime failed while capturing or replaying a CUDA graph: {exc}. Fix: run "
+                                 "without CUDA graphs (`trt-distri run --no-cuda-graph`; Python: "
+                                 "cuda_graph=False) and report the graph that failed") from exc
 
 
 def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = False,
@@ -242,7 +257,7 @@ class OnnxRuntimeBackend(Backend):
                 f"load (see its log above). Note: expected CUDAExecutionProvider, got {session.get_providers()}. "
                 "Fix: install the CUDA and cuDNN libraries onnxruntime-gpu was built for, or call "
                 "onnxruntime.preload_dlls() first where torch brought them")
-        return OrtSession(session, device, stream)
+        return OrtSession(session, device, stream, cuda_graph)
 
     @staticmethod
     def _require_cuda(ort: ModuleType) -> None:

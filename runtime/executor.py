@@ -44,6 +44,15 @@ class RunOptions:
     split: bool = False
     guidance_scale: float = 5.0
     on_step: Callable[[int, int], None] | None = None  # (steps done, total), called by world rank 0 (host runs)
+    cuda_graph: bool | None = None  # UNet segments replay CUDA graphs; None: the backend's default on a GPU
+
+
+def uses_cuda_graph(option: bool | None, backend: str, reused: bool) -> bool:
+    """Whether a GPU rank's UNet sessions replay CUDA graphs: as asked; by default, with ONNX Runtime where the
+    loaded ranks generate more than once (`reused`), and not with TensorRT (its backend here refuses them).
+    Measured at 1024 on 2 GPUs (docs/benchmarks.md): warm steps with graphs make 1.45x one GPU against 0.99x,
+    0.7-0.9 s less per 30-step image, but capture adds about 2 s to the first image of a process."""
+    return (backend == "ort" and reused) if option is None else option
 
 
 @dataclass

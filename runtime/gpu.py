@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from trt_distri.runtime.cuda import CudaDevice
-from trt_distri.runtime.executor import RankExecutor, RunOptions
+from trt_distri.runtime.executor import RankExecutor, RunOptions, uses_cuda_graph
 from trt_distri.runtime.generation import GenerationInputs, Topology, rank_inputs
-from trt_distri.runtime.launch import WorkerSpec, supervise
+from trt_distri.runtime.launch import RankPool, WorkerSpec
 from trt_distri.runtime.layout import RankLayout
 from trt_distri.runtime.nccl import NcclComm, NcclLibrary
 from trt_distri.runtime.sessions import session_opener
@@ -27,60 +28,121 @@ class Variant:
     repeats: int | None = None  # None: run_gpus' repeats
 
 
-def gpu_worker(spec: WorkerSpec) -> dict:
-    """One rank: load sessions on its GPU, join the communicators, generate `repeats` times."""
-    p = spec.payload
-    data = json.loads((Path(p["workdir"]) / "manifest.json").read_text())
-    topo = Topology.from_manifest(data)
-    group, rank = topo.place(spec.world_rank)
-    device = CudaDevice(spec.device)
-    start = time.perf_counter()
-    comm = NcclComm(NcclLibrary(), device, p["ids"][group], rank, topo.devices, p["ids"][-1], spec.world_rank,
-                    topo.world)
-    opt: RunOptions = p["options"]
-    opts = RunOptions(opt.warmup_steps, opt.no_comm, group, topo.groups == 2, p["inputs"].guidance_scale)
-    executor = RankExecutor(data, RankLayout.from_manifest(data, rank),
-                            session_opener(Path(p["workdir"]), p["backend"], spec.device,
-                                           cuda_graph=p.get("cuda_graph", False)), device, comm, opts)
-    load_s = time.perf_counter() - start
-    latents, cond = rank_inputs(p["inputs"], data, spec.world_rank)
-    runs, outputs = [], {}
-    for v in p.get("variants") or [Variant("run", opt.no_comm)]:
-        executor.opt.no_comm = v.no_comm
-        executor.opt.warmup_steps = opt.warmup_steps if v.warmup_steps is None else v.warmup_steps
-        for _ in range(p.get("repeats", 1) if v.repeats is None else v.repeats):
-            t0 = time.perf_counter()
-            out = executor.generate(latents, cond, p["inputs"].schedule)
-            runs.append({"variant": v.label, "wall_s": round(time.perf_counter() - t0, 3), **executor.times.summary()})
-        outputs[v.label] = out
-    comm.close()
-    first = spec.world_rank == 0
-    return {"latents": out if first else None, "variant_latents": outputs if first else None,
-            "load_s": round(load_s, 2), "runs": runs, "device_bytes_used": device.peak_memory(), "gpu": spec.device}
+@dataclass(frozen=True)
+class Request:
+    """One call to the loaded ranks: generate `repeats` times per variant."""
+
+    inputs: GenerationInputs
+    options: RunOptions
+    repeats: int = 1
+    variants: list[Variant] | None = None
+
+
+class RankServer:
+    """One rank with its sessions loaded and its communicators joined, serving generation requests. The device,
+    the communicator and the session opener come from three methods (the host stand-ins of the tests replace
+    them)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        p = spec.payload
+        start = time.perf_counter()
+        self.data = json.loads((Path(p["workdir"]) / "manifest.json").read_text())
+        topo = Topology.from_manifest(self.data)
+        group, rank = topo.place(spec.world_rank)
+        self.world_rank, self.device = spec.world_rank, self.open_device(spec.device)
+        self.comm = self.join(p["ids"], group, rank, topo)
+        opener = self.session_opener(Path(p["workdir"]), p["backend"], spec.device, p["cuda_graph"])
+        self.executor = RankExecutor(self.data, RankLayout.from_manifest(self.data, rank), opener, self.device,
+                                     self.comm, RunOptions(group=group, split=topo.groups == 2))
+        self.load_s = round(time.perf_counter() - start, 2)  # reported by the first request only
+
+    def open_device(self, index: int):
+        return CudaDevice(index)
+
+    def join(self, ids: list[bytes], group: int, rank: int, topo: Topology):
+        return NcclComm(NcclLibrary(), self.device, ids[group], rank, topo.devices, ids[-1], self.world_rank,
+                        topo.world)
+
+    def session_opener(self, workdir: Path, backend: str, index: int, cuda_graph: bool):
+        return session_opener(workdir, backend, index, cuda_graph=cuda_graph)
+
+    def __call__(self, request: Request) -> dict:
+        opt, ex = request.options, self.executor
+        ex.opt.guidance_scale = request.inputs.guidance_scale
+        latents, cond = rank_inputs(request.inputs, self.data, self.world_rank)
+        runs, outputs = [], {}
+        for v in request.variants or [Variant("run", opt.no_comm)]:
+            ex.opt.no_comm = v.no_comm
+            ex.opt.warmup_steps = opt.warmup_steps if v.warmup_steps is None else v.warmup_steps
+            for _ in range(request.repeats if v.repeats is None else v.repeats):
+                t0 = time.perf_counter()
+                out = ex.generate(latents, cond, request.inputs.schedule)
+                runs.append({"variant": v.label, "wall_s": round(time.perf_counter() - t0, 3), **ex.times.summary()})
+            outputs[v.label] = out
+        first = self.world_rank == 0
+        load_s, self.load_s = self.load_s, 0.0
+        return {"latents": out if first else None, "variant_latents": outputs if first else None, "load_s": load_s,
+                "runs": runs, "device_bytes_used": self.device.peak_memory(), "gpu": self.device.index}
+
+    def close(self) -> None:
+        self.comm.close()
+
+
+def serve_rank(spec: WorkerSpec, server_type: type[RankServer] = RankServer) -> tuple[RankServer, dict]:
+    """RankPool's target: load this rank once."""
+    server = server_type(spec)
+    return server, {"load_s": server.load_s, "pid": os.getpid()}
+
+
+class GpuRankPool:
+    """One process per GPU in `gpus` (world rank i on gpus[i]) that loads its sessions once and then generates
+    on request, until close(). `cuda_graph`, `reused` (more than one generation is expected): see
+    executor.uses_cuda_graph; fixed at load. `serve`: what each process runs (tests: host stand-ins)."""
+
+    serve = staticmethod(serve_rank)
+
+    def __init__(self, workdir: str | Path, gpus: list[int], backend: str = "ort", cuda_graph: bool | None = None,
+                 reused: bool = True, load_timeout_s: float = 1800.0) -> None:
+        data = json.loads((Path(workdir) / "manifest.json").read_text())
+        topo = Topology.from_manifest(data)
+        if len(gpus) != topo.world:
+            from trt_distri.errors import ConfigError
+
+            raise ConfigError(f"the work directory is exported for {topo.world} GPUs ({topo.groups} guidance group(s) "
+                              f"of {topo.devices}). Note: expected {topo.world} GPUs, got {len(gpus)}. Fix: pass "
+                              f"--gpus {topo.world}, or export again with --gpus {len(gpus)}")
+        lib = NcclLibrary()
+        ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
+        payload = {"workdir": str(workdir), "backend": backend, "ids": ids,
+                   "cuda_graph": uses_cuda_graph(cuda_graph, backend, reused)}
+        self.pool = RankPool(self.serve, [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)],
+                             timeout_s=load_timeout_s)
+
+    def generate(self, inputs: GenerationInputs, options: RunOptions, repeats: int = 1,
+                 variants: list[Variant] | None = None, timeout_s: float = 3600.0) -> tuple[np.ndarray, list[dict]]:
+        """The last run's latents and the rank reports (rank 0's holds every variant's latents)."""
+        request = Request(inputs, replace(options, on_step=None), repeats, variants)  # a callback stays here
+        reports = self.pool.call(request, timeout_s)
+        return reports[0]["latents"], reports
+
+    @property
+    def open(self) -> bool:
+        return self.pool.open
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
              backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0,
-             variants: list[Variant] | None = None, cuda_graph: bool = False) -> tuple[np.ndarray, list[dict]]:
-    """Generate with one process per GPU in `gpus` (world rank i on gpus[i]); returns the last run's latents and
-    the rank reports (rank 0's holds every variant's latents under `variant_latents`). `cuda_graph`: UNet segments
-    replay captured CUDA graphs (experimental, ONNX Runtime backend)."""
-    data = json.loads((Path(workdir) / "manifest.json").read_text())
-    topo = Topology.from_manifest(data)
-    if len(gpus) != topo.world:
-        from trt_distri.errors import ConfigError
-
-        raise ConfigError(f"the work directory is exported for {topo.world} GPUs ({topo.groups} guidance group(s) of "
-                          f"{topo.devices}). Note: expected {topo.world} GPUs, got {len(gpus)}. Fix: pass --gpus "
-                          f"{topo.world}, or export again with --gpus {len(gpus)}")
-    lib = NcclLibrary()
-    ids = [lib.unique_id() for _ in range(topo.groups)] + [lib.unique_id()]
-    options = replace(options, on_step=None)  # a host callback does not cross into the worker processes
-    payload = {"workdir": str(workdir), "backend": backend, "options": options, "inputs": inputs, "ids": ids,
-               "repeats": repeats, "variants": variants, "cuda_graph": cuda_graph}
-    specs = [WorkerSpec(w, gpus[w], payload) for w in range(topo.world)]
-    reports = supervise(gpu_worker, specs, timeout_s=timeout_s)
-    return reports[0]["latents"], reports
+             variants: list[Variant] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Load `workdir` on `gpus`, generate once (`repeats` times per variant), and stop the processes again; see
+    GpuRankPool. `options.cuda_graph`: see executor.uses_cuda_graph."""
+    ranks = GpuRankPool(workdir, gpus, backend, options.cuda_graph, reused=repeats > 1, load_timeout_s=timeout_s)
+    try:
+        return ranks.generate(inputs, options, repeats, variants, timeout_s)
+    finally:
+        ranks.close()
 
 
 def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, rendezvous: Path,
@@ -97,7 +159,9 @@ def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: Ru
     data = json.loads((Path(workdir) / "manifest.json").read_text())
     groups = Topology.from_manifest(data).groups
     ids = rendezvous_ids(rendezvous, world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
-    payload = {"workdir": str(workdir), "backend": backend, "options": replace(options, on_step=None),
-               "inputs": inputs, "ids": ids}
-    report = gpu_worker(WorkerSpec(world_rank, gpu, payload))
+    server = RankServer(WorkerSpec(world_rank, gpu, {"workdir": str(workdir), "backend": backend, "ids": ids,
+                                                     "cuda_graph": uses_cuda_graph(options.cuda_graph, backend,
+                                                                                   reused=False)}))
+    report = server(Request(inputs, replace(options, on_step=None)))
+    server.close()
     return report["latents"], report

@@ -1,8 +1,10 @@
 """One process per GPU: start, supervise, collect; and the same worker under torchrun / srun / mpirun.
 
-`supervise` is the safety net: a worker that raises reports its error and exits; one that dies (killed, a crash in
-a library) is seen by its exit code. Either way the others are terminated within `grace_s` (then killed), so a
-rank blocked in a collective whose peer is gone never hangs the run. Ctrl-C stops every worker the same way.
+`supervise` runs one call in fresh processes; `RankPool` keeps its processes (and what they loaded) for many
+calls. Both are the safety net: a worker that raises reports its error and exits; one that dies (killed, a crash
+in a library) is seen by its exit code. Either way the others are terminated within `grace_s` (then killed), so a
+rank blocked in a collective whose peer is gone never hangs the run. Ctrl-C stops every worker the same way, and a
+pool's workers leave when their parent is gone.
 """
 from __future__ import annotations
 
@@ -62,23 +64,108 @@ def supervise(target, specs: list[WorkerSpec], timeout_s: float = 3600.0, grace_
              for s in specs]
     for p in procs:
         p.start()
-    done: dict[int, object] = {}
-    deadline = time.monotonic() + timeout_s
     try:
-        while len(done) < len(specs):
-            _check_deadline(deadline, timeout_s)
-            try:
-                msg = results.get(timeout=0.2)
-            except queue.Empty:
-                _check_exits(procs, done)
-                continue
-            if msg[0] == "error":
-                log.debug("rank %d traceback:\n%s", msg[1], msg[3])
-                raise RankFailedError(f"rank {msg[1]} failed: {msg[2]}")
-            done[msg[1]] = msg[2]
+        return _gather(results, procs, specs, timeout_s)
     finally:
         _stop(procs, grace_s)
+
+
+def _gather(results, procs, specs: list[WorkerSpec], timeout_s: float) -> list:
+    """One message from every worker, in world-rank order; the first error, death or the deadline raises."""
+    done: dict[int, object] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(specs):
+        _check_deadline(deadline, timeout_s)
+        try:
+            msg = results.get(timeout=0.2)
+        except queue.Empty:
+            _check_exits(procs, done)
+            continue
+        if msg[0] == "error":
+            log.debug("rank %d traceback:\n%s", msg[1], msg[3])
+            raise RankFailedError(f"rank {msg[1]} failed: {msg[2]}")
+        done[msg[1]] = msg[2]
     return [done[s.world_rank] for s in specs]
+
+
+class RankPool:
+    """One spawned process per spec that outlives a call. In each, `target(spec)` runs once and returns
+    (server, ready): `ready` comes back as `self.ready`, and every `call(request)` returns each server's
+    `server(request)` in world-rank order; `server.close()` runs when the pool closes. A failed call (an error,
+    a dead worker, the deadline) stops every worker and closes the pool."""
+
+    def __init__(self, target, specs: list[WorkerSpec], timeout_s: float = 3600.0, grace_s: float = 10.0) -> None:
+        ctx = mp.get_context("spawn")
+        self.specs, self.grace_s = specs, grace_s
+        self.results, self.inboxes = ctx.Queue(), [ctx.Queue() for _ in specs]
+        self.procs = [ctx.Process(target=_serve, args=(target, s, inbox, self.results, os.getpid()), daemon=True,
+                                  name=f"trt-distri-rank{s.world_rank}") for s, inbox in zip(specs, self.inboxes)]
+        for p in self.procs:
+            p.start()
+        self.ready = self._collect(timeout_s)
+
+    @property
+    def open(self) -> bool:
+        return self.procs is not None
+
+    def call(self, request, timeout_s: float = 3600.0) -> list:
+        if self.procs is None:
+            raise RankFailedError("the rank processes were stopped (closed, or after a failure). Fix: start a new pool")
+        for inbox in self.inboxes:
+            inbox.put(request)
+        return self._collect(timeout_s)
+
+    def _collect(self, timeout_s: float) -> list:
+        try:
+            return _gather(self.results, self.procs, self.specs, timeout_s)
+        except BaseException:
+            self._halt(0.0)
+            raise
+
+    def close(self) -> None:
+        """Let every worker finish and release what it loaded (idempotent)."""
+        if self.procs is not None:
+            for inbox in self.inboxes:
+                inbox.put(None)
+            self._halt(self.grace_s)
+
+    def _halt(self, grace_s: float) -> None:
+        procs, self.procs = self.procs, None
+        end = time.monotonic() + grace_s
+        for p in procs or []:
+            p.join(max(0.0, end - time.monotonic()))
+        _stop(procs or [], self.grace_s)
+
+    def __enter__(self) -> "RankPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve(target, spec: WorkerSpec, inbox, results, parent: int) -> None:
+    os.environ.update(SAFE_ENV)
+    os.environ["RANK"] = str(spec.world_rank)
+    try:
+        server, ready = target(spec)
+        results.put(("ok", spec.world_rank, ready))
+        while (request := _next_request(inbox, parent)) is not None:
+            results.put(("ok", spec.world_rank, server(request)))
+        server.close()  # not after a failure: a peer may be gone mid-collective; the parent stops this process
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
+        detail = traceback.format_exc(limit=4)
+        results.put(("error", spec.world_rank, f"{type(exc).__name__}: {exc}", detail))
+        raise SystemExit(1) from None
+
+
+def _next_request(inbox, parent: int):
+    """The next request, or None when the pool closes or its process is gone (a worker never outlives it)."""
+    while True:
+        try:
+            return inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
 
 
 def _check_deadline(deadline: float, timeout_s: float) -> None:

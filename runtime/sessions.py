@@ -18,7 +18,7 @@ from trt_distri.runtime.host import HostBoundSession, HostDevice
 def session_opener(workdir: Path, backend_name: str, device_index: int | None, host: HostDevice | None = None,
                    cuda_graph: bool = False):
     """A callable(segment, stream) -> session with bind/run_async, for RankExecutor. `cuda_graph`: the UNet
-    segments replay captured CUDA graphs (experimental; the scheduler's step graph always runs normally)."""
+    segments replay captured CUDA graphs (the scheduler's step graph always runs normally)."""
     backend = get_backend(backend_name)
     manifest = Manifest.load(workdir)
     cache = EngineCache(manifest, backend)

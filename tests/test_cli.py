@@ -182,3 +182,14 @@ def test_export_of_an_incomplete_model_folder_is_one_line(capsys, tmp_path):
     assert main(["export", str(tmp_path), "--height", "128", "--width", "128", "-o", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "has a config.json but no weights" in err
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--no-cuda-graph"], False), (["--cuda-graph"], True)])
+def test_run_passes_the_cuda_graph_choice_to_its_target(monkeypatch, tmp_path, flag, expected):
+    """`trt-distri run` leaves CUDA graphs to the runtime's default unless told (runtime.executor.uses_cuda_graph)."""
+    from trt_distri import cli_run
+
+    seen = {}
+    monkeypatch.setattr(cli_run, "_run_random", lambda args, out, target: seen.setdefault("target", target) and 0)
+    assert main(["run", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "x.npy"), *flag]) == 0
+    assert seen["target"].cuda_graph is expected

@@ -5,8 +5,8 @@ C and C++ programs reach it through libtrt_distri.so (capi/, `trt_distri.h`), wh
 Where the ranks run (docs/runtime.md):
 - device "cpu": every rank is a thread of this process. Sessions are loaded once, by the constructor, and reused by
   every generation; `close()` releases them.
-- device "cuda", no rank: one process per GPU for each generation (`runtime.gpu.run_gpus`), which loads the
-  sessions each time.
+- device "cuda", no rank: one process per GPU (`runtime.gpu.GpuRankPool`), loaded by the constructor and kept for
+  every generation until `close()`; a failed generation stops them and the next one loads them again.
 - device "cuda" with a rank (given, or from a launcher's environment: torchrun, srun, mpirun): this process is one
   rank (`runtime.gpu.gpu_worker`); ranks meet in a rendezvous directory, one subdirectory per generation.
 
@@ -100,13 +100,14 @@ class Generator:
 
     def __init__(self, workdir: str | Path, device: str | None = None, rank: int | None = None,
                  world: int | None = None, *, backend: str = "ort", gpu: int | None = None,
-                 rendezvous: str | Path | None = None) -> None:
+                 rendezvous: str | Path | None = None, cuda_graph: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"unknown backend {backend!r}. Note: expected one of {', '.join(BACKENDS)}")
         self.workdir = Path(workdir)
         self.manifest = Manifest.load(self.workdir).data
         self.device = _pick_device(device)
         self.backend = backend
+        self.cuda_graph = cuda_graph  # GPU ranks: None is the backend's default (runtime.executor.uses_cuda_graph)
         self.info = WorkdirInfo.from_manifest(self.manifest)
         self._check_world(world)
         self._lock = threading.Lock()
@@ -120,7 +121,8 @@ class Generator:
         else:
             from trt_distri.api_ranks import GpuRanks
 
-            self._ranks = GpuRanks(self.workdir, self.manifest, backend, _launcher_rank(rank), gpu, rendezvous)
+            self._ranks = GpuRanks(self.workdir, self.manifest, backend, _launcher_rank(rank), gpu, rendezvous,
+                                   cuda_graph)
         self._aux_device = None if self.device == "cpu" else self._ranks.gpu  # text encoders and VAE
 
     # ---- generation ----------------------------------------------------------------------------------------------
@@ -158,7 +160,7 @@ class Generator:
         from trt_distri.pipeline import decode_latents, generation_inputs
 
         inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed)
-        latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps))
+        latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps, cuda_graph=self.cuda_graph))
         if "vae" not in self.manifest:
             return Result(latents, None, time.perf_counter() - start, image_missing=(
                 f"no VAE in this work directory ({self.workdir} was exported from a UNet alone): the result has "

@@ -45,6 +45,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-comm", action="store_true", help="skip every exchange (diagnostic: no-communication time)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="on GPUs with ONNX Runtime, replay the UNet as CUDA graphs (default: with --repeat 2 or more; "
+                        "capture costs about 2 s of the first image, every later step gains)")
     p.add_argument("--repeat", type=int, default=1, help="generate this many times (timings of each are reported)")
     p.add_argument("--launcher", choices=["local", "env"], default="local",
                    help="env: this process is one rank of torchrun/srun/mpirun (needs --rendezvous)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from trt_distri.pipeline import make_target
 
     target = make_target(args.device, args.gpus, args.backend, launcher=args.launcher, rendezvous=args.rendezvous,
-                         repeats=args.repeat)
+                         repeats=args.repeat, cuda_graph=args.cuda_graph)
     if args.prompt is None:
         return _run_random(args, out, target)
     return _run_prompt(args, out, target, latent_out)

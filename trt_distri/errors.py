@@ -47,3 +47,7 @@ class EngineMismatchError(EngineCacheError):
 
 class CorruptEngineError(EngineCacheError):
     """An engine file is truncated or its checksum differs from its metadata."""
+
+
+class EngineRunError(TrtDistriError):
+    """A backend failed while running a loaded engine (for instance capturing or replaying its CUDA graph)."""

@@ -50,6 +50,7 @@ class Target:
     launcher: str = "local"  # "env": this process is one rank of torchrun/srun/mpirun
     rendezvous: Path | None = None
     repeats: int = 1
+    cuda_graph: bool | None = None  # None: the backend's default (runtime.executor.uses_cuda_graph)
 
     @property
     def first_gpu(self) -> int | None:
@@ -130,7 +131,7 @@ def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target
     from trt_distri.runtime.executor import RunOptions
     from trt_distri.runtime.generation import Topology
 
-    options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step)
+    options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step, cuda_graph=target.cuda_graph)
     world = Topology.from_manifest(data).world
     if target.device == "cpu":
         from trt_distri.runtime.local import run_local

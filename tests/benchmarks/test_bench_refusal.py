@@ -61,7 +61,7 @@ def test_markdown_shows_the_refusal(bench):
     assert "refused: latents are not finite" in text
 
 
-def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False, timeout_s=0):
+def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, timeout_s=0):
     """run_gpus' contract on the CPU: every variant in one load, rank 0's latents per variant."""
     from trt_distri.runtime.local import LocalRanks
 
@@ -123,8 +123,8 @@ def test_a_failing_configuration_is_recorded_and_the_rest_still_run(bench, tmp_p
     """As on 4 x H200: CUDA-graph capture failed on 2 GPUs; the row says so and the next configurations run."""
     from trt_distri.runtime.comm import RankFailedError
 
-    def flaky(workdir, inputs, options, gpus, repeats=1, variants=None, cuda_graph=False, timeout_s=0):
-        if cuda_graph and len(gpus) > 1:
+    def flaky(workdir, inputs, options, gpus, repeats=1, variants=None, timeout_s=0):
+        if options.cuda_graph and len(gpus) > 1:
             raise RankFailedError("rank 1 failed: RuntimeError: CUDA failure 900: operation not permitted when "
                                   "stream is capturing")
         return _cpu_run_gpus(workdir, inputs, options, gpus, repeats, variants)

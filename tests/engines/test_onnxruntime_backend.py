@@ -175,3 +175,69 @@ def test_transient_sessions_keep_out_of_the_shared_device_arena(tmp_path, monkey
     entries, providers = made[-1]
     assert entries["session.use_env_allocators"] == "1" and len(registered) == 1
     assert "arena_extend_strategy" not in providers[0][1]
+
+
+class _FakeSession:
+    """Enough of an InferenceSession for PointerBinding: records binds, fails runs when told."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.bound, self.error = [], error
+
+    def io_binding(self):
+        session = self
+
+        class Binding:
+            def bind_input(self, name, *args):
+                session.bound.append(name)
+
+            bind_output = bind_input
+
+        return Binding()
+
+    def run_with_iobinding(self, binding, options) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def test_a_captured_binding_refuses_a_moved_tensor_and_names_the_fix():
+    """ORT replays a CUDA graph with the pointers it captured: a tensor that moved afterwards would be ignored
+    silently, so it is refused; before the first run, binding is free."""
+    from trt_distri.engines.onnxruntime_backend import PointerBinding
+    from trt_distri.engines.trt import TensorInfo
+    from trt_distri.errors import ConfigError
+
+    info = TensorInfo("x", (1,), "float32", True)
+    session = _FakeSession()
+    binding = PointerBinding(session, [info], [], "cuda", 0, frozen=True)
+    binding.run({"x": 0x1000})
+    binding.run({"x": 0x1000})  # same place: replayed, nothing re-bound
+    assert session.bound == ["x"]
+    with pytest.raises(ConfigError, match="'x' moved after its CUDA graph was captured.*0x1000.*0x2000.*no-cuda-graph"):
+        binding.run({"x": 0x2000})
+    plain = PointerBinding(_FakeSession(), [info], [], "cuda", 0)
+    plain.run({"x": 0x1000})
+    plain.run({"x": 0x2000})  # without a graph a moved tensor is simply re-bound
+    assert plain.applied["x"] == 0x2000
+
+
+def test_a_failed_capture_names_the_way_out():
+    from trt_distri.engines.onnxruntime_backend import PointerBinding
+    from trt_distri.engines.trt import TensorInfo
+    from trt_distri.errors import EngineRunError
+
+    info = TensorInfo("x", (1,), "float32", True)
+    failing = RuntimeError("CUDA failure 900: operation not permitted when stream is capturing")
+    with pytest.raises(EngineRunError, match="stream is capturing.*--no-cuda-graph"):
+        PointerBinding(_FakeSession(failing), [info], [], "cuda", 0, frozen=True).run({"x": 0x1000})
+    with pytest.raises(RuntimeError, match="stream is capturing"):  # without a graph: ORT's error as it is
+        PointerBinding(_FakeSession(failing), [info], [], "cuda", 0).run({"x": 0x1000})
+
+
+def test_cuda_graphs_are_the_default_where_onnx_runtime_ranks_generate_more_than_once():
+    """Capture costs the first image about 2 s and pays back over later ones (docs/benchmarks.md)."""
+    from trt_distri.runtime.executor import uses_cuda_graph
+
+    assert uses_cuda_graph(None, "ort", reused=True) is True
+    assert uses_cuda_graph(None, "ort", reused=False) is False
+    assert not any(uses_cuda_graph(None, b, reused=True) for b in ("trt", "trt-rtx"))
+    assert uses_cuda_graph(False, "ort", reused=True) is False and uses_cuda_graph(True, "ort", reused=False)

@@ -26,3 +26,33 @@ def one_is_killed(spec):
 def writes_pid_and_sleeps(spec):
     (spec.payload["dir"] / f"rank{spec.world_rank}.pid").write_text(str(os.getpid()))
     time.sleep(120)
+
+
+class Counter:
+    """A pool server: counts the requests it served; close() leaves a file behind to prove it ran."""
+
+    def __init__(self, spec):
+        self.spec, self.served = spec, 0
+
+    def __call__(self, request):
+        if request == "fail" and self.spec.world_rank == 1:
+            raise ValueError("device lost (simulated)")
+        if request == "hang" and self.spec.world_rank != 1:
+            time.sleep(60)  # a peer blocked in a collective whose partner died
+        if request == "hang":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.served += 1
+        return (self.spec.world_rank, request, self.served, os.getpid())
+
+    def close(self):
+        (self.spec.payload["dir"] / f"closed{self.spec.world_rank}").write_text(str(self.served))
+
+
+def counting_server(spec):
+    return Counter(spec), {"pid": os.getpid(), "rank": spec.world_rank}
+
+
+def failing_load(spec):
+    if spec.world_rank == 2:
+        raise FileNotFoundError("no engine for rank 2 (simulated)")
+    time.sleep(60)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from launch_targets import echo, one_is_killed, one_raises
+from launch_targets import counting_server, echo, failing_load, one_is_killed, one_raises
 from trt_distri.errors import ConfigError
 from trt_distri.runtime.comm import RankFailedError
-from trt_distri.runtime.launch import WorkerSpec, launcher_env, rendezvous_ids, supervise
+from trt_distri.runtime.launch import RankPool, WorkerSpec, launcher_env, rendezvous_ids, supervise
 
 
 def _specs(n):
@@ -34,20 +34,50 @@ def test_a_failing_worker_stops_all_within_bounded_time(target, message):
     assert time.monotonic() - start < 30  # the sleeping workers were terminated, not waited for
 
 
+def test_a_pool_keeps_its_processes_across_calls_and_closes_them(tmp_path):
+    """What a rank loads once serves every later call: same processes, results in rank order, close() runs."""
+    specs = [WorkerSpec(r, r, {"dir": tmp_path}) for r in range(2)]
+    with RankPool(counting_server, specs, timeout_s=60) as pool:
+        pids = [r["pid"] for r in pool.ready]
+        assert [r["rank"] for r in pool.ready] == [0, 1]
+        first, second = pool.call("a", timeout_s=60), pool.call("b", timeout_s=60)
+        assert [(r[0], r[1], r[2]) for r in first] == [(0, "a", 1), (1, "a", 1)]
+        assert [(r[0], r[1], r[2]) for r in second] == [(0, "b", 2), (1, "b", 2)]
+        assert [r[3] for r in second] == pids  # no new processes
+    assert not pool.open and [(tmp_path / f"closed{r}").read_text() for r in range(2)] == ["2", "2"]
+    with pytest.raises(RankFailedError, match="were stopped.*Fix: start a new pool"):
+        pool.call("c")
+
+
+@pytest.mark.parametrize("request_, message", [("fail", "rank 1 failed: ValueError: device lost"),
+                                               ("hang", "rank 1 exited with code -9")])
+def test_a_failed_pool_call_stops_every_worker_within_bounded_time(tmp_path, request_, message):
+    pool = RankPool(counting_server, [WorkerSpec(r, r, {"dir": tmp_path}) for r in range(3)], timeout_s=60,
+                    grace_s=5)
+    pids = [r["pid"] for r in pool.ready]
+    start = time.monotonic()
+    with pytest.raises(RankFailedError, match=message):
+        pool.call(request_, timeout_s=120)
+    assert time.monotonic() - start < 30 and not pool.open
+    for pid in pids:  # terminated, not left holding a GPU
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_rank_that_fails_to_load_fails_the_pool_at_once():
+    start = time.monotonic()
+    with pytest.raises(RankFailedError, match="rank 2 failed: FileNotFoundError: no engine for rank 2"):
+        RankPool(failing_load, _specs(3), timeout_s=120, grace_s=5)
+    assert time.monotonic() - start < 30
+
+
 def test_sigterm_to_the_parent_stops_every_rank(tmp_path):
     """A scheduler's SIGTERM must not leave rank processes behind holding GPUs (stop_on_sigterm + supervise)."""
-    here = Path(__file__).parent
-    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
-              "from launch_targets import writes_pid_and_sleeps\n"
-              "from trt_distri.runtime.launch import WorkerSpec, stop_on_sigterm, supervise\n"
-              "stop_on_sigterm()\n"
-              "try:\n"
-              "    supervise(writes_pid_and_sleeps, [WorkerSpec(r, r, {'dir': Path(sys.argv[2])}) for r in range(2)],"
-              " grace_s=5)\n"
-              "except KeyboardInterrupt as exc:\n"
-              "    print('stopped:', exc)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script, str(here), str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    parent = _parent_process(tmp_path, "stop_on_sigterm()\n"
+                                       "try:\n"
+                                       "    supervise(writes_pid_and_sleeps, specs, grace_s=5)\n"
+                                       "except KeyboardInterrupt as exc:\n"
+                                       "    print('stopped:', exc)\n")
     deadline = time.monotonic() + 60
     while len(list(tmp_path.glob("rank*.pid"))) < 2:
         assert time.monotonic() < deadline and parent.poll() is None, "the ranks did not start"
@@ -60,6 +90,40 @@ def test_sigterm_to_the_parent_stops_every_rank(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_pool_workers_leave_when_their_parent_is_killed(tmp_path):
+    """SIGKILL leaves the parent no chance to stop its pool: the idle workers notice and exit on their own."""
+    parent = _parent_process(tmp_path, "pool = RankPool(counting_server, specs)\n"
+                                       "print(*[r['pid'] for r in pool.ready], flush=True)\n"
+                                       "time.sleep(120)\n")
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2, "the pool did not start"
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "pool workers outlived their parent"
+        time.sleep(0.2)
+
+
+def _parent_process(tmp_path: Path, body: str) -> subprocess.Popen:
+    """A Python process that starts 2 ranks (`specs`, writing to tmp_path) as `body` says; stdout piped."""
+    script = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+              "from launch_targets import counting_server, writes_pid_and_sleeps\n"
+              "from trt_distri.runtime.launch import RankPool, WorkerSpec, stop_on_sigterm, supervise\n"
+              "specs = [WorkerSpec(r, r, {'dir': Path(sys.argv[2])}) for r in range(2)]\n" + body)
+    return subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")  # an exited worker whose parent died is reaped by init, or a zombie
+    return not (status.exists() and "zombie" in status.read_text())
 
 
 def test_launcher_environments():

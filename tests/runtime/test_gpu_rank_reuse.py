@@ -1,0 +1,90 @@
+"""The library API on GPUs keeps its rank processes loaded between generations (api_ranks.GpuRanks over
+runtime.gpu.GpuRankPool), with a stand-in pool: the processes themselves are tested in test_launch.py."""
+from __future__ import annotations
+
+import pytest
+
+from trt_distri.api_ranks import GpuRanks
+from trt_distri.runtime.comm import RankFailedError
+from trt_distri.runtime.executor import RunOptions
+
+
+class FakePool:
+    loads: list["FakePool"] = []
+
+    def __init__(self, workdir, gpus, backend, cuda_graph):
+        self.gpus, self.cuda_graph, self.calls, self.open = gpus, cuda_graph, 0, True
+        FakePool.loads.append(self)
+
+    def generate(self, inputs, options):
+        if inputs == "fail":
+            self.open = False  # as GpuRankPool after a failed call: its processes were stopped
+            raise RankFailedError("rank 1 failed: simulated")
+        self.calls += 1
+        return f"latents {self.calls}", []
+
+    def close(self):
+        self.open = False
+
+
+@pytest.fixture
+def ranks(monkeypatch, tmp_path):
+    import trt_distri.runtime.gpu as gpu
+
+    FakePool.loads = []
+    monkeypatch.setattr(gpu, "GpuRankPool", FakePool)
+    data = {"plan": {"devices": 2}, "cfg_split": False}
+    monkeypatch.setattr("trt_distri.api_ranks.Topology.from_manifest", lambda d: type("T", (), {"world": 2})())
+    return GpuRanks(tmp_path, data, "ort", None, None, None)
+
+
+def test_ranks_load_once_and_serve_every_generation(ranks):
+    assert len(FakePool.loads) == 1 and FakePool.loads[0].gpus == [0, 1]
+    assert FakePool.loads[0].cuda_graph is None  # the runtime decides: ranks that are reused replay graphs
+    assert ranks.run("a", RunOptions()) == "latents 1"
+    assert ranks.run("b", RunOptions()) == "latents 2"
+    assert len(FakePool.loads) == 1
+
+
+def test_after_a_failed_generation_the_next_one_loads_again(ranks):
+    with pytest.raises(RankFailedError, match="simulated"):
+        ranks.run("fail", RunOptions())
+    assert ranks.run("a", RunOptions()) == "latents 1" and len(FakePool.loads) == 2
+
+
+def test_close_stops_the_processes(ranks):
+    pool = FakePool.loads[0]
+    ranks.close()
+    ranks.close()  # idempotent
+    assert not pool.open and ranks.pool is None
+
+
+def test_a_loaded_rank_process_generates_again_and_again(request, tmp_path, monkeypatch):
+    """runtime.gpu's rank process (RankServer in a RankPool, one rank, host stand-ins for CUDA and NCCL): the
+    same process serves every generation, reports its load once, and each result equals the CPU runtime's."""
+    import numpy as np
+    from host_ranks import FakeNccl, HostRankPool
+    from test_local_runtime import WARMUP, _export, _inputs
+
+    import trt_distri.runtime.gpu as gpu
+    from trt_distri.runtime.gpu import Variant
+    from trt_distri.runtime.local import run_local
+
+    monkeypatch.setattr(gpu, "NcclLibrary", FakeNccl)
+    unet = request.getfixturevalue("tiny_sdxl")
+    workdir = _export(unet, "tiny-sdxl", tmp_path, 1)
+    _, _, inputs = _inputs(unet, "tiny-sdxl")
+    expected, _ = run_local(workdir, inputs, RunOptions(warmup_steps=WARMUP))
+    ranks = HostRankPool(workdir, [0], cuda_graph=None, reused=True)
+    try:
+        pid = ranks.pool.ready[0]["pid"]
+        first, reports = ranks.generate(inputs, RunOptions(warmup_steps=WARMUP))
+        again, again_reports = ranks.generate(inputs, RunOptions(warmup_steps=WARMUP), repeats=2,
+                                              variants=[Variant("run"), Variant("sync", warmup_steps=10)])
+    finally:
+        ranks.close()
+    assert np.array_equal(first, expected) and np.array_equal(again, expected)  # 1 rank: sync = async
+    assert reports[0]["load_s"] > 0 and again_reports[0]["load_s"] == 0.0  # loaded once
+    assert [r["variant"] for r in again_reports[0]["runs"]] == ["run", "run", "sync", "sync"]
+    assert set(again_reports[0]["variant_latents"]) == {"run", "sync"} and reports[0]["gpu"] == 0
+    assert not ranks.open and pid > 0
