@@ -1,10 +1,10 @@
 """One process per GPU: start, supervise, collect; and the same worker under torchrun / srun / mpirun.
 
-`supervise` runs one call in fresh processes; `RankPool` keeps its processes (and what they loaded) for many
-calls. Both are the safety net: a worker that raises reports its error and exits; one that dies (killed, a crash
-in a library) is seen by its exit code. Either way the others are terminated within `grace_s` (then killed), so a
-rank blocked in a collective whose peer is gone never hangs the run. Ctrl-C stops every worker the same way, and a
-pool's workers leave when their parent is gone.
+`RankPool` starts the processes, keeps them (and what they loaded) for one call or many, and is the safety net:
+a worker that raises reports its error and exits; one that dies (killed, a crash in a library) is seen by its exit
+code. Either way the others are terminated within `grace_s` (then killed), so a rank blocked in a collective whose
+peer is gone never hangs the run. Ctrl-C (and SIGTERM, with `stop_on_sigterm`) stops every worker the same way,
+and idle workers leave when their parent is gone.
 """
 from __future__ import annotations
 
@@ -33,20 +33,9 @@ class WorkerSpec:
     payload: dict  # what the target needs (picklable)
 
 
-def _entry(target, spec: WorkerSpec, results) -> None:
-    os.environ.update(SAFE_ENV)
-    os.environ["RANK"] = str(spec.world_rank)
-    try:
-        results.put(("ok", spec.world_rank, target(spec)))
-    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
-        detail = traceback.format_exc(limit=4)
-        results.put(("error", spec.world_rank, f"{type(exc).__name__}: {exc}", detail))
-        raise SystemExit(1) from None
-
-
 def stop_on_sigterm() -> None:
     """SIGTERM (a job scheduler's stop, `timeout`, `kill`) ends this process as Ctrl-C does: the KeyboardInterrupt
-    unwinds `supervise`, which stops the rank processes it started instead of leaving them holding the GPUs.
+    unwinds a waiting `RankPool`, which stops the rank processes it started instead of leaving them holding the GPUs.
     Call from the main thread of a program's entry point; elsewhere it does nothing."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
@@ -54,20 +43,6 @@ def stop_on_sigterm() -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def supervise(target, specs: list[WorkerSpec], timeout_s: float = 3600.0, grace_s: float = 10.0) -> list:
-    """Run `target(spec)` in one spawned process per spec; return their results in world-rank order."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_entry, args=(target, s, results), name=f"trt-distri-rank{s.world_rank}")
-             for s in specs]
-    for p in procs:
-        p.start()
-    try:
-        return _gather(results, procs, specs, timeout_s)
-    finally:
-        _stop(procs, grace_s)
 
 
 def _gather(results, procs, specs: list[WorkerSpec], timeout_s: float) -> list:

@@ -8,7 +8,8 @@ Where the ranks run (docs/runtime.md):
 - device "cuda", no rank: one process per GPU (`runtime.gpu.GpuRankPool`), loaded by the constructor and kept for
   every generation until `close()`; a failed generation stops them and the next one loads them again.
 - device "cuda" with a rank (given, or from a launcher's environment: torchrun, srun, mpirun): this process is one
-  rank (`runtime.gpu.gpu_worker`); ranks meet in a rendezvous directory, one subdirectory per generation.
+  rank (`runtime.gpu.RankServer`, loaded per generation); ranks meet in a rendezvous directory, one subdirectory
+  per generation.
 
 Text encoders, noise, scheduler and VAE are trt_distri.pipeline's, so `generate` equals
 `trt_distri.pipeline.generate_image`. A work directory exported from a UNet alone has neither text encoders nor a

@@ -7,7 +7,7 @@ import time
 
 
 def echo(spec):
-    return spec.world_rank * 10
+    return (lambda request: (spec.world_rank, request)), spec.world_rank * 10
 
 
 def one_raises(spec):
@@ -51,8 +51,3 @@ class Counter:
 def counting_server(spec):
     return Counter(spec), {"pid": os.getpid(), "rank": spec.world_rank}
 
-
-def failing_load(spec):
-    if spec.world_rank == 2:
-        raise FileNotFoundError("no engine for rank 2 (simulated)")
-    time.sleep(60)
