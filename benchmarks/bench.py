@@ -40,7 +40,7 @@ from trt_distri.runtime.gpu import Variant, run_gpus
 from trt_distri.runtime.comm import RankFailedError
 from trt_distri.runtime.launch import stop_on_sigterm
 
-from bench_report import driver_version, merge, write_results
+from bench_report import driver_version, merge, projected_s, write_results
 from torch_baseline import torch_baseline
 
 log = logging.getLogger("bench")
@@ -104,8 +104,7 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
         last = [[run for run in r["runs"] if run["variant"] == v.label][-1] for r in reports]
         row[v.label] = {k: max(run[k] or 0 for run in last) for k in ("sync_step_ms", "async_step_ms", "wall_s")}
     ex = row["exchange"]
-    row["projected_50_s"] = round((WARMUP_STEPS_50 * ex["sync_step_ms"] + (50 - WARMUP_STEPS_50) *
-                                   ex["async_step_ms"]) / 1000, 2)
+    row["projected_50_s"] = projected_s(ex["sync_step_ms"], ex["async_step_ms"], 50, WARMUP_STEPS_50)
     if gpus > 1:
         row["async_overhead_pct"] = round(100 * (ex["async_step_ms"] / row["no_comm"]["async_step_ms"] - 1), 2)
     log.info("%s", row)
@@ -151,8 +150,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4, help="steps 0..warmup run synchronously")
     ap.add_argument("--torch-baseline", action="store_true")
     ap.add_argument("--cuda-graph", nargs="?", const="on", default="on", choices=["off", "on", "both"],
-                    help="UNet segments replay ONNX Runtime CUDA graphs, the runtime's default (default on; both: "
-                         "each configuration without, then with)")
+                    help="UNet segments replay ONNX Runtime CUDA graphs, as ranks that stay loaded do by default "
+                         "(default on; both: each configuration without, then with)")
     ap.add_argument("--run-timeout", type=float, default=900.0,
                     help="seconds one configuration's GPU run may take before its ranks are stopped")
     ap.add_argument("--keep", action="store_true", help="keep the exported work directories (default: delete)")

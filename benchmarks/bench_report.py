@@ -38,6 +38,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def projected_s(sync_step_ms: float, async_step_ms: float, steps: int, sync_steps: int) -> float:
+    """Seconds of `steps` steps of which the first `sync_steps` are synchronous, from per-step medians."""
+    return round((sync_steps * sync_step_ms + (steps - sync_steps) * async_step_ms) / 1000, 2)
+
+
 def driver_version() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

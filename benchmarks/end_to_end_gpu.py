@@ -33,6 +33,8 @@ from trt_distri.png import png_bytes
 from trt_distri.runtime.executor import uses_cuda_graph
 from trt_distri.runtime.launch import stop_on_sigterm
 
+from bench_report import projected_s
+
 log = logging.getLogger("end_to_end_gpu")
 RESULTS = Path(__file__).parent / "results"
 
@@ -121,9 +123,9 @@ def projected_denoise_s(record: dict, bench: dict | None) -> float | None:
             r.get("cuda_graph", False)) == (record["size"], record["gpus"], False, mode)]
     if not rows:
         return None
-    sync = min(record["warmup_steps"] + 1, record["steps"])
     ex = rows[-1]["exchange"]
-    return round((sync * ex["sync_step_ms"] + (record["steps"] - sync) * ex["async_step_ms"]) / 1000, 2)
+    return projected_s(ex["sync_step_ms"], ex["async_step_ms"], record["steps"],
+                       min(record["warmup_steps"] + 1, record["steps"]))
 
 
 def graph(record: dict) -> str:

@@ -113,7 +113,7 @@ class Backend(abc.ABC):
         `weights_dir` holds external weights an engine refers to (ORT graphs; the work directory). `stream` is
         the stream of every `run_async` where `capabilities().stream_at_load`. `graph_path`, for a weight-stripped
         engine: the ONNX graph whose weights are refitted into it. `cuda_graph`: replay each run as a captured
-        CUDA graph (bindings must not move between runs; experimental, ONNX Runtime only). `transient`: a session
+        CUDA graph (bindings must not move between runs; ONNX Runtime only). `transient`: a session
         used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is kept in a
         pool shared with other sessions of the process."""
 

@@ -44,7 +44,7 @@ class RunOptions:
     split: bool = False
     guidance_scale: float = 5.0
     on_step: Callable[[int, int], None] | None = None  # (steps done, total), called by world rank 0 (host runs)
-    cuda_graph: bool | None = None  # UNet segments replay CUDA graphs; None: the backend's default on a GPU
+    cuda_graph: bool | None = None  # UNet segments replay CUDA graphs; None: uses_cuda_graph decides
 
 
 def uses_cuda_graph(option: bool | None, backend: str, reused: bool) -> bool:

@@ -45,24 +45,6 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def _gather(results, procs, specs: list[WorkerSpec], timeout_s: float) -> list:
-    """One message from every worker, in world-rank order; the first error, death or the deadline raises."""
-    done: dict[int, object] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(done) < len(specs):
-        _check_deadline(deadline, timeout_s)
-        try:
-            msg = results.get(timeout=0.2)
-        except queue.Empty:
-            _check_exits(procs, done)
-            continue
-        if msg[0] == "error":
-            log.debug("rank %d traceback:\n%s", msg[1], msg[3])
-            raise RankFailedError(f"rank {msg[1]} failed: {msg[2]}")
-        done[msg[1]] = msg[2]
-    return [done[s.world_rank] for s in specs]
-
-
 class RankPool:
     """One spawned process per spec that outlives a call. In each, `target(spec)` runs once and returns
     (server, ready): `ready` comes back as `self.ready`, and every `call(request)` returns each server's
@@ -91,11 +73,26 @@ class RankPool:
         return self._collect(timeout_s)
 
     def _collect(self, timeout_s: float) -> list:
+        """One message from every worker, in world-rank order; the first error, death or the deadline (or Ctrl-C)
+        stops them all and raises."""
+        done: dict[int, object] = {}
+        deadline = time.monotonic() + timeout_s
         try:
-            return _gather(self.results, self.procs, self.specs, timeout_s)
+            while len(done) < len(self.specs):
+                _check_deadline(deadline, timeout_s)
+                try:
+                    msg = self.results.get(timeout=0.2)
+                except queue.Empty:
+                    _check_exits(self.procs, done)
+                    continue
+                if msg[0] == "error":
+                    log.debug("rank %d traceback:\n%s", msg[1], msg[3])
+                    raise RankFailedError(f"rank {msg[1]} failed: {msg[2]}")
+                done[msg[1]] = msg[2]
         except BaseException:
             self._halt(0.0)
             raise
+        return [done[s.world_rank] for s in self.specs]
 
     def close(self) -> None:
         """Let every worker finish and release what it loaded (idempotent)."""
