@@ -101,8 +101,9 @@ class Backend(abc.ABC):
     def capabilities(self) -> BackendCapabilities: ...
 
     @abc.abstractmethod
-    def build(self, graph_path: Path, options: BuildOptions) -> tuple[bytes, list[TensorInfo]]:
-        """Build the ONNX graph at `graph_path` (external data beside it); return engine bytes and its I/O."""
+    def build(self, graph_path: Path, options: BuildOptions, arch: str = "any") -> tuple[bytes, list[TensorInfo]]:
+        """Build the ONNX graph at `graph_path` (external data beside it) for `arch` (a `device_arch` value);
+        return engine bytes and its I/O."""
 
     @abc.abstractmethod
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
@@ -116,6 +117,11 @@ class Backend(abc.ABC):
         CUDA graph (bindings must not move between runs; ONNX Runtime only). `transient`: a session
         used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is kept in a
         pool shared with other sessions of the process."""
+
+    def portable_archs(self) -> tuple[str, ...]:
+        """The targets a portable backend builds for, each into its own engine ("any": one engine runs on every
+        device). Device-specific backends build per compute capability instead."""
+        return ("any",)
 
     def device_arch(self, device: int | None) -> str:
         """The cache key's GPU field: compute capability "9.0" of `device`, or "any" where engines are portable."""

@@ -41,7 +41,7 @@ class BuildJob:
     @property
     def label(self) -> str:
         arch = self.key.fields["gpu_arch"]
-        return f"{self.segment['name']} ({'portable' if arch == 'any' else 'sm ' + arch})"
+        return f"{self.segment['name']} ({'sm ' + arch if arch[0].isdigit() else arch})"
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _targets(backend: Backend, gpus: Sequence[int] | None) -> dict[str, list[int
         raise ConfigError(f"--gpus names GPUs this machine lacks: {unknown}. Note: expected some of "
                           f"{sorted(available) or 'none (nvidia-smi lists no GPU)'}. Fix: pass existing indices")
     if not caps.device_specific and caps.builds_without_gpu:
-        return {"any": [None]}
+        return {arch: [None] for arch in backend.portable_archs()}
     if not wanted:
         raise ConfigError(f"{backend.label} builds engines on a CUDA GPU and this machine has none. Note: "
                           "expected a GPU listed by nvidia-smi. Fix: use --backend trt-rtx (builds on the CPU) or "
@@ -100,7 +100,7 @@ def run_job(workdir: Path, backend_name: str, options: BuildOptions, job: BuildJ
     """Build one job and write its engine to each of its paths; return the seconds it took."""
     start = time.perf_counter()
     cache = EngineCache(Manifest.load(workdir), get_backend(backend_name))
-    data, io = cache.backend.build(cache.manifest.graph_path(job.segment), options)
+    data, io = cache.backend.build(cache.manifest.graph_path(job.segment), options, job.key.fields["gpu_arch"])
     check_io_against_manifest(io, job.segment)
     for path in job.paths:
         cache.write(path, data, job.key, io, job.segment, stripped=options.strip_weights)

@@ -83,7 +83,7 @@ class EngineCache:
         self.root = manifest.root / "engines" / backend.name
 
     def path(self, segment: dict, arch: str) -> Path:
-        tag = "any" if arch == "any" else "sm" + arch.replace(".", "")
+        tag = "sm" + arch.replace(".", "") if arch[0].isdigit() else arch  # "any", or ORT's "cpu" / "cuda"
         return self.root / f"{segment['name']}.{tag}{self.backend.capabilities().engine_suffix}"
 
     @staticmethod

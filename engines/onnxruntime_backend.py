@@ -14,6 +14,7 @@ process's first step.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -212,15 +213,27 @@ class OnnxRuntimeBackend(Backend):
         return BackendCapabilities(builds_without_gpu=True, runs_without_gpu=True, device_specific=False,
                                    stream_at_load=True, engine_suffix=".onnx")
 
-    def build(self, graph_path: Path, options: BuildOptions) -> tuple[bytes, list[TensorInfo]]:
-        """The graph with attention rewritten (`options` are TensorRT's and ignored); weights stay external."""
+    def portable_archs(self) -> tuple[str, ...]:
+        """One engine per provider: the CUDA one uses fused kernels that ORT's CPU provider lacks."""
+        return ("cpu", "cuda")
+
+    def device_arch(self, device: int | None) -> str:
+        return "cpu" if device is None else "cuda"
+
+    def build(self, graph_path: Path, options: BuildOptions, arch: str = "cpu") -> tuple[bytes, list[TensorInfo]]:
+        """The graph with attention rewritten and UNet chains put on fused kernels for `arch` ("cpu" or
+        "cuda"; engines/ort_fusions.py); weights stay external. `options` are TensorRT's and ignored."""
         onnx = _import("onnx", "onnx")
         try:
             model = onnx.load(str(graph_path), load_external_data=False)
         except Exception as exc:  # OSError, or protobuf's DecodeError for a file that is not ONNX
             raise EngineBuildError(f"cannot read the ONNX graph {graph_path}: {exc}. Note: expected a graph "
                                    "written by `trt-distri export`. Fix: export again") from exc
+        from trt_distri.engines.ort_fusions import prepare  # onnx, which loading never needs
+
         rewrite_attention(model)
+        counts = prepare(model, "cuda" if arch == "cuda" else "cpu")
+        logging.getLogger(__name__).debug("%s for %s: %s", graph_path.name, arch, counts)
         return model.SerializeToString(), _graph_io(model)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,

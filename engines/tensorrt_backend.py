@@ -99,7 +99,7 @@ class TensorRTBackend(Backend):
                                    device_specific=not caps.portable_engines, stream_at_load=False,
                                    engine_suffix=".engine")
 
-    def build(self, graph_path: Path, options: BuildOptions) -> tuple[bytes, list[TensorInfo]]:
+    def build(self, graph_path: Path, options: BuildOptions, arch: str = "any") -> tuple[bytes, list[TensorInfo]]:
         return build_engine_with_io(graph_path, self.name, options)
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,

@@ -47,19 +47,21 @@ def _segment_named(workdir: Path, name: str) -> dict:
 
 def test_identical_segments_are_built_once_then_reused(workdir: Path) -> None:
     first = build_workdir(workdir, "ort")
-    assert sorted(first.built) == ["steady.0.any.onnx", "warmup.0.any.onnx"] and not first.reused
+    # one engine per ONNX Runtime target: the CPU provider's, and the CUDA one with fused kernels
+    assert sorted(first.built) == ["steady.0.cpu.onnx", "steady.0.cuda.onnx", "warmup.0.cpu.onnx",
+                                   "warmup.0.cuda.onnx"] and not first.reused
     second = build_workdir(workdir, "ort")
-    assert not second.built and len(second.reused) == 2
+    assert not second.built and len(second.reused) == 4
 
 
 def test_changed_graph_or_flag_rebuilds(workdir: Path) -> None:
     build_workdir(workdir, "ort")
-    assert len(build_workdir(workdir, "ort", options=BuildOptions(optimization_level=3)).built) == 2
+    assert len(build_workdir(workdir, "ort", options=BuildOptions(optimization_level=3)).built) == 4
     graph = workdir / "graphs" / "steady.0.onnx"
     model = onnx.load(str(graph), load_external_data=False)
     model.doc_string = "changed"
     onnx.save(model, str(graph))
-    assert len(build_workdir(workdir, "ort", options=BuildOptions(optimization_level=3)).built) == 2
+    assert len(build_workdir(workdir, "ort", options=BuildOptions(optimization_level=3)).built) == 4
 
 
 def test_loaded_engine_runs(workdir: Path) -> None:
@@ -72,14 +74,14 @@ def test_mismatch_names_each_field(workdir: Path) -> None:
     build_workdir(workdir, "ort")
     cache = _cache(workdir)
     segment = _segment_named(workdir, "steady.0")
-    meta_path = cache.meta_path(cache.path(segment, "any"))
+    meta_path = cache.meta_path(cache.path(segment, "cpu"))
     meta = json.loads(meta_path.read_text())
     meta["fields"].update(backend_version="0.1", gpu_arch="8.9")
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(EngineMismatchError) as info:
         cache.load(segment, None)
     message = str(info.value)
-    assert "backend_version (engine: 0.1, here: " in message and "gpu_arch (engine: 8.9, here: any)" in message
+    assert "backend_version (engine: 0.1, here: " in message and "gpu_arch (engine: 8.9, here: cpu)" in message
     assert "graph" not in message.split("something else:")[1].split(".")[0]
     assert f"trt-distri build {workdir} --backend ort" in message
 
@@ -88,7 +90,7 @@ def test_corrupted_and_truncated_engines_are_detected(workdir: Path) -> None:
     build_workdir(workdir, "ort")
     cache = _cache(workdir)
     segment = _segment_named(workdir, "steady.0")
-    engine = cache.path(segment, "any")
+    engine = cache.path(segment, "cpu")
     data = bytearray(engine.read_bytes())
     data[len(data) // 2] ^= 0xFF
     engine.write_bytes(bytes(data))
@@ -123,7 +125,8 @@ def test_cli_builds_and_reports_progress(workdir: Path, capsys: pytest.CaptureFi
     assert main(["build", str(workdir), "--backend", "ort"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(workdir / "engines" / "ort")
-    assert "[1/1] warmup.0 (portable)" in err and "2 engine(s) built" in err  # two segments, one graph
+    # two segments, one graph, built once per ONNX Runtime target (cpu, cuda)
+    assert "[1/2] warmup.0 (cpu)" in err and "[2/2] warmup.0 (cuda)" in err and "4 engine(s) built" in err
 
 
 def test_cli_missing_workdir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
