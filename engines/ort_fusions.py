@@ -33,10 +33,11 @@ _ROW_EPS = 1e-5  # the per-channel LayerNorm's epsilon; its exact inverse std is
 _F32 = onnx.TensorProto.FLOAT
 
 
-def _bias_of(g: GraphEdit, tensor: str) -> tuple[str, str] | None:
-    """(MatMul output, bias weight) when `tensor` = Add(MatMul(..), bias) and nothing else reads the Add."""
+def _bias_of(g: GraphEdit, tensor: str, shared: bool = False) -> tuple[str, str] | None:
+    """(MatMul output, bias weight) when `tensor` = Add(MatMul(..), bias) and nothing else reads the Add
+    (`shared`: other readers allowed, such as GEGLU's two slices; never a graph output)."""
     add = g.op(tensor, "Add")
-    if add is None or g.sole_user(tensor) is None:
+    if add is None or tensor in g.outputs or not shared and g.sole_user(tensor) is None:
         return None
     for a, b in (add.input, add.input[::-1]):
         if g.op(a, "MatMul") is not None and g.init_dims(b) is not None and len(g.init_dims(b)) == 1:
@@ -113,7 +114,7 @@ def _geglu(g: GraphEdit, left_name: str, gelu_name: str, mul: onnx.NodeProto):
     if right is None or right.input[0] != left.input[0] or g.sole_user(gelu_name) is not mul:
         return None
     projected = left.input[0]
-    found = _bias_of_shared(g, projected)
+    found = _bias_of(g, projected, shared=True)
     width = g.init_dims(found[1])[0] if found else 0
     half = width // 2
     if (found is None or width not in BIAS_SPLIT_GELU_WIDTHS or not _is_slice(g, left, 0, half)
@@ -122,17 +123,6 @@ def _geglu(g: GraphEdit, left_name: str, gelu_name: str, mul: onnx.NodeProto):
             or g.sole_user(left_name) is not mul or g.sole_user(gelu.input[0]) is not gelu):
         return None
     return found[0], found[1], [gelu, left, right, g.producer[projected]]
-
-
-def _bias_of_shared(g: GraphEdit, tensor: str) -> tuple[str, str] | None:
-    """Like _bias_of, but the Add's output may have several readers (GEGLU's two slices)."""
-    add = g.op(tensor, "Add")
-    if add is None or tensor in g.outputs:
-        return None
-    for a, b in (add.input, add.input[::-1]):
-        if g.op(a, "MatMul") is not None and g.init_dims(b) is not None and len(g.init_dims(b)) == 1:
-            return a, b
-    return None
 
 
 def _is_slice(g: GraphEdit, node: onnx.NodeProto, start: int, stop: int) -> bool:
