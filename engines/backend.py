@@ -108,7 +108,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
              stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False) -> Session:
+             transient: bool = False, shared_weights=None) -> Session:
         """Load an engine on CUDA device `device` (None: the CPU, where `runs_without_gpu`).
 
         `weights_dir` holds external weights an engine refers to (ORT graphs; the work directory). `stream` is
@@ -116,7 +116,18 @@ class Backend(abc.ABC):
         engine: the ONNX graph whose weights are refitted into it. `cuda_graph`: replay each run as a captured
         CUDA graph (bindings must not move between runs; ONNX Runtime only). `transient`: a session
         used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is kept in a
-        pool shared with other sessions of the process."""
+        pool shared with other sessions of the process. `shared_weights`: (store, the engine's weight refs) from
+        `shared_weight_store` where the backend has one: the session reads its weights from the store instead of
+        loading its own copy."""
+
+    def shared_weight_store(self, weights_file: Path, device: int | None):
+        """One copy of `weights_file` on `device` for every session of a rank, or None where engines carry their
+        own weights (TensorRT builds them into each engine)."""
+        return None
+
+    def engine_weights(self, engine: bytes) -> list:
+        """The shared weights a built engine reads (recorded in its metadata); none where it holds its own."""
+        return []
 
     def portable_archs(self) -> tuple[str, ...]:
         """The targets a portable backend builds for, each into its own engine ("any": one engine runs on every

@@ -102,8 +102,9 @@ def run_job(workdir: Path, backend_name: str, options: BuildOptions, job: BuildJ
     cache = EngineCache(Manifest.load(workdir), get_backend(backend_name))
     data, io = cache.backend.build(cache.manifest.graph_path(job.segment), options, job.key.fields["gpu_arch"])
     check_io_against_manifest(io, job.segment)
+    weights = cache.backend.engine_weights(data)
     for path in job.paths:
-        cache.write(path, data, job.key, io, job.segment, stripped=options.strip_weights)
+        cache.write(path, data, job.key, io, job.segment, stripped=options.strip_weights, weights=weights)
     return time.perf_counter() - start
 
 

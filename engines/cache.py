@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trt_distri.engines.backend import Backend, BuildOptions, Session, TensorInfo
+from trt_distri.engines.ort_weights import WeightRef
 from trt_distri.errors import CorruptEngineError, EngineCacheError, EngineMismatchError
 from trt_distri.export.manifest import Manifest
 
@@ -103,7 +104,7 @@ class EngineCache:
         return meta["key"] == key.digest
 
     def write(self, engine: Path, data: bytes, key: EngineKey, io: list[TensorInfo], segment: dict,
-              stripped: bool = False) -> None:
+              stripped: bool = False, weights: list | None = None) -> None:
         """Store `data` at `engine` and its metadata beside it, atomically (module docstring). `stripped`: the
         engine holds no weights and is refitted from the segment's graph when loaded."""
         engine.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,8 @@ class EngineCache:
         meta = {"format": FORMAT, "version": VERSION, "segment": segment["name"], "key": key.digest,
                 "fields": key.fields, "stripped": stripped, "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "io": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "is_input": t.is_input} for t in io]}
+                "io": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "is_input": t.is_input} for t in io],
+                "weights": [w.to_json() for w in weights or []]}
         _atomic_write(engine, data)
         _atomic_write(self.meta_path(engine), json.dumps(meta, indent=1).encode())
 
@@ -128,12 +130,16 @@ class EngineCache:
         self._check_file(engine, meta)
         return engine, meta
 
-    def load(self, segment: dict, device: int | None, stream: int | None = None, cuda_graph: bool = False) -> Session:
-        """Verify, then load the engine of `segment` on `device` (None: CPU) through the backend."""
+    def load(self, segment: dict, device: int | None, stream: int | None = None, cuda_graph: bool = False,
+             weights=None) -> Session:
+        """Verify, then load the engine of `segment` on `device` (None: CPU) through the backend. `weights`: the
+        rank's `Backend.shared_weight_store`, handed the weights this engine reads (its metadata lists them)."""
         engine, meta = self.verify(segment, self.backend.device_arch(device))
         graph = self.manifest.graph_path(segment)
+        refs = [WeightRef.from_json(r) for r in meta.get("weights", [])]
         return self.backend.load(engine, device, weights_dir=graph.parent, stream=stream,
-                                 graph_path=graph if meta.get("stripped") else None, cuda_graph=cuda_graph)
+                                 graph_path=graph if meta.get("stripped") else None, cuda_graph=cuda_graph,
+                                 shared_weights=(weights, refs) if weights is not None and refs else None)
 
     def _read_meta(self, engine: Path) -> dict:
         meta_path = self.meta_path(engine)

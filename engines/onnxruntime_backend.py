@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from trt_distri.engines.backend import Backend, BackendCapabilities, BuildOptions, Session, TensorInfo
+from trt_distri.engines.ort_weights import SharedWeights, WeightRef, engine_weights
 from trt_distri.errors import ConfigError, EngineBuildError, EngineRunError, MissingPackageError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
@@ -236,9 +237,17 @@ class OnnxRuntimeBackend(Backend):
         logging.getLogger(__name__).debug("%s for %s: %s", graph_path.name, arch, counts)
         return model.SerializeToString(), _graph_io(model)
 
+    def shared_weight_store(self, weights_file: Path, device: int | None) -> SharedWeights:
+        ort = _import("onnxruntime", "onnxruntime-gpu" if device is not None else "onnxruntime")
+        return SharedWeights(ort, weights_file, device)
+
+    def engine_weights(self, engine: bytes) -> list[WeightRef]:
+        onnx = _import("onnx", "onnx")
+        return engine_weights(onnx.load_from_string(engine))
+
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
              stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False) -> Session:
+             transient: bool = False, shared_weights: tuple[SharedWeights, list[WeightRef]] | None = None) -> Session:
         if cuda_graph and device is None:
             raise ConfigError("CUDA-graph replay needs a CUDA device. Note: expected a device index, got None (the "
                               "CPU). Fix: drop --cuda-graph on the CPU")
@@ -257,6 +266,10 @@ class OnnxRuntimeBackend(Backend):
                                  cuda_provider_options(device, stream, cuda_graph, transient)))
             if not transient and _share_device_arena(ort, device):
                 options.add_session_config_entry("session.use_env_allocators", "1")
+        if shared_weights is not None:
+            store, refs = shared_weights
+            for ref in refs:
+                options.add_initializer(ref.name, store.value(ref))
         model = Path(engine_path).read_bytes() if weights_dir is not None else str(engine_path)
         try:
             session = ort.InferenceSession(model, options, providers=providers)
@@ -270,7 +283,9 @@ class OnnxRuntimeBackend(Backend):
                 f"load (see its log above). Note: expected CUDAExecutionProvider, got {session.get_providers()}. "
                 "Fix: install the CUDA and cuDNN libraries onnxruntime-gpu was built for, or call "
                 "onnxruntime.preload_dlls() first where torch brought them")
-        return OrtSession(session, device, stream, cuda_graph)
+        result = OrtSession(session, device, stream, cuda_graph)
+        result.weights = shared_weights[0] if shared_weights is not None else None  # kept alive with the session
+        return result
 
     @staticmethod
     def _require_cuda(ort: ModuleType) -> None:

@@ -104,7 +104,7 @@ class TensorRTBackend(Backend):
 
     def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
              stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False) -> Session:
+             transient: bool = False, shared_weights=None) -> Session:
         # `transient` needs nothing here: an engine and its context free their memory when they are dropped
         if cuda_graph:
             raise ConfigError(f"CUDA-graph replay is not available with {self.label} engines yet. Note: expected "

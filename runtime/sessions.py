@@ -23,13 +23,17 @@ def session_opener(workdir: Path, backend_name: str, device_index: int | None, h
     manifest = Manifest.load(workdir)
     cache = EngineCache(manifest, backend)
     built = cache.root.is_dir()
+    # one copy of the weights on this device for every session of the rank (where the backend shares them)
+    weights = backend.shared_weight_store(manifest.root / manifest.data["weights"]["file"], device_index) \
+        if built else None
     onnx_runner = backend if backend.capabilities().engine_suffix == ".onnx" else get_backend("ort")
 
     def open_session(segment: dict, stream: int):
         if segment["name"].startswith("step"):
             session = _raw(onnx_runner, manifest, segment, device_index, stream)
         elif built:
-            session = cache.load(segment, device_index, stream if device_index is not None else None, cuda_graph)
+            session = cache.load(segment, device_index, stream if device_index is not None else None, cuda_graph,
+                                 weights=weights)
         elif backend is onnx_runner:
             session = _raw(backend, manifest, segment, device_index, stream, cuda_graph)
         else:
