@@ -5,8 +5,8 @@ has a *partner*: the rank of the other group that owns the same patch. Every cal
 on (a no-op on the host), like NCCL's.
 
 `exchange` is the one collective of the method (docs/design.md): bytes [start, stop) of every rank's exchange
-area land in slot j of every other rank's gathered area (slot stride `slot_bytes`), and the parts a rank reads
-back in its own slot.
+area land in every other rank's gathered area, in the slot `layout.peer_slot(that rank, sender)` (slot stride
+`slot_bytes`; a gathered area has no slot for its own rank).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import abc
 import threading
 
 from trt_distri.errors import TrtDistriError
+from trt_distri.runtime.layout import peer_slot
 
 
 class RankFailedError(TrtDistriError):
@@ -25,9 +26,8 @@ class Communicator(abc.ABC):
     size: int
 
     @abc.abstractmethod
-    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int,
-                 own: list[tuple[int, int]] | None = None) -> None:
-        """Peers' slots get [start, stop); the own slot gets at least the `own` byte ranges (None: all of it)."""
+    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int) -> None:
+        """Every peer's slot in `gathered` receives that peer's bytes [start, stop)."""
 
     @abc.abstractmethod
     def all_gather(self, src: int, dst: int, nbytes: int, stream: int) -> None:
@@ -82,12 +82,12 @@ class LocalComm(Communicator):
         posted = dict(self.shared.posted)
         return posted
 
-    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int,
-                 own: list[tuple[int, int]] | None = None) -> None:
+    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int) -> None:
         posted = self._collect((area,))
         for j in range(self.size):
-            (src,) = posted[self._first + j]
-            self.device.copy(gathered + j * slot_bytes + start, src + start, stop - start)
+            if j != self.rank:
+                (src,) = posted[self._first + j]
+                self.device.copy(gathered + peer_slot(self.rank, j) * slot_bytes + start, src + start, stop - start)
         self.shared.sync()
 
     def all_gather(self, src: int, dst: int, nbytes: int, stream: int) -> None:

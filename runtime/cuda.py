@@ -5,9 +5,13 @@ module wraps them into cuda-python's handle types at the call. Every call's stat
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from trt_distri.errors import MissingPackageError, TrtDistriError
+from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError
+
+MEMORY_CAP_ENV = "TRT_DISTRI_DEVICE_MEMORY_CAP_GIB"
 
 
 class CudaError(TrtDistriError):
@@ -35,6 +39,7 @@ class CudaDevice:
         self._allocs: list[int] = []
         self._events: list[object] = []
         self._streams: list[object] = []
+        self._cap()
 
     def _check(self, result, what: str):
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -96,9 +101,28 @@ class CudaDevice:
     def elapsed_ms(self, start, end) -> float:
         return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
 
-    def peak_memory(self) -> int:
+    def memory_used(self) -> int:
+        """Bytes in use on the whole device (every process; nvidia-smi's memory.used), less the cap's ballast."""
         free, total = self._check(self.rt.cudaMemGetInfo(), "cudaMemGetInfo")
-        return int(total) - int(free)
+        return int(total) - int(free) - self._ballast_bytes
+
+    def _cap(self) -> None:
+        """TRT_DISTRI_DEVICE_MEMORY_CAP_GIB=X: take all but X GiB of the device at once and hold it, so that a run
+        on a larger GPU fails where one on an X GiB GPU would ("fits in 80 GB", shown on a 141 GB card)."""
+        self._ballast, self._ballast_bytes = None, 0
+        cap = os.environ.get(MEMORY_CAP_ENV)
+        if not cap:
+            return
+        try:
+            cap_bytes = int(float(cap) * 2**30)
+        except ValueError:
+            raise ConfigError(f"{MEMORY_CAP_ENV} is not a number of GiB. Note: expected e.g. 80, got {cap!r}. "
+                              f"Fix: set it to the memory of the GPU to emulate, or unset it") from None
+        free, total = self._check(self.rt.cudaMemGetInfo(), "cudaMemGetInfo")
+        ballast = int(total) - cap_bytes
+        if ballast > 0:
+            self._ballast = self._check(self.rt.cudaMalloc(ballast), f"cudaMalloc(ballast {ballast} bytes)")
+            self._ballast_bytes = ballast
 
     def release_events(self) -> None:
         for event in self._events:
@@ -110,3 +134,6 @@ class CudaDevice:
         for ptr in self._allocs:
             self.rt.cudaFree(ptr)
         self._allocs.clear()
+        if self._ballast is not None:
+            self.rt.cudaFree(self._ballast)
+            self._ballast, self._ballast_bytes = None, 0

@@ -24,7 +24,9 @@ from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
 from trt_distri.schedule import LinearSchedule
 
 log = logging.getLogger(__name__)
-LOAD_THREADS = int(os.environ.get("TRT_DISTRI_LOAD_THREADS", "4"))
+LOAD_THREADS = int(os.environ.get("TRT_DISTRI_LOAD_THREADS", str(min(8, os.cpu_count() or 4))))
+#: run each GPU session once while the rank loads (0: no), so that its first-run setup overlaps loading
+WARM_AT_LOAD = os.environ.get("TRT_DISTRI_WARM_AT_LOAD", "1") != "0"
 
 
 @dataclass
@@ -67,12 +69,20 @@ class StepTimes:
                 "sync_steps": len(self.sync_ms), "async_steps": len(self.async_ms)}
 
 
-def _open_all(open_session, segments: list[dict], stream: int) -> list:
+def _open_all(open_session, segments: list[dict], stream: int, prepare: Callable[[dict, object], None]) -> list:
     """Open every segment's session, several at a time: session creation (graph parsing, kernel selection, weight
-    upload) is mostly native code, and an SDXL work directory has about 140 sessions per rank."""
+    upload) is mostly native code, and an SDXL work directory has about 140 sessions per rank. `prepare(segment,
+    session)` runs in the loading thread right after (binding, and on a GPU one run whose first-run setup then
+    overlaps the other sessions' loading instead of adding to the first step)."""
     workers = max(1, min(LOAD_THREADS, len(segments)))
+
+    def load(segment: dict):
+        session = open_session(segment, stream)
+        prepare(segment, session)
+        return session
+
     with ThreadPoolExecutor(workers, thread_name_prefix="load") as pool:
-        return list(pool.map(lambda seg: open_session(seg, stream), segments))
+        return list(pool.map(load, segments))
 
 
 class RankExecutor:
@@ -83,18 +93,32 @@ class RankExecutor:
         """`open_session(segment: dict, stream: int)` loads one graph's session for this rank's device."""
         self.m, self.layout, self.dev, self.comm, self.opt = manifest, layout, device, comm, options
         self.compute, self.comm_stream = device.stream(), device.stream()
+        self.memory = {"context": device.memory_used()}
+        self.ptr = {name: device.alloc(size) for name, size in self._buffer_sizes().items()}
+        for name in ("zeros", "area", "gathered", "own"):
+            device.memset(self.ptr[name], 0, layout.buffers[name], self.compute)
+        self.memory["buffers"] = device.memory_used() - self.memory["context"]
         segments = [s for segs in manifest["graph_sets"].values() for s in segs]
-        opened = _open_all(open_session, segments + [manifest["step"]], self.compute)
+        slots = {seg.name: self._unet_slots(seg) for plans in layout.sets.values() for seg in plans}
+        slots["step"] = self._step_slots()
+        warm = WARM_AT_LOAD and device.kind == "cuda"
+
+        def prepare(segment: dict, session) -> None:
+            self._bind(session, slots["step" if segment is manifest["step"] else segment["name"]])
+            if warm:
+                session.run_async(self.compute)
+
+        opened = _open_all(open_session, segments + [manifest["step"]], self.compute, prepare)
+        device.synchronize(self.compute)
         self.sessions = {s["name"]: session for s, session in zip(segments, opened)}
         self.sessions["step"] = opened[-1]
-        self.ptr = {name: device.alloc(size) for name, size in self._buffer_sizes().items()}
-        for name in ("zeros", "area", "gathered"):
-            device.memset(self.ptr[name], 0, layout.buffers[name], self.compute)
+        self.memory["sessions"] = device.memory_used() - self.memory["context"] - self.memory["buffers"]
+        store = getattr(open_session, "weights", None)  # the rank's one copy of the weights, where shared
+        self.memory["weights"] = store.bytes if store is not None else None
         self.exchanged: dict[tuple[str, int], object] = {}
         self.times = StepTimes()
         self._events: list[tuple[bool, object, object]] = []
         self._latent_bytes = nbytes(self._step_input("latents")["shape"], "float32")
-        self._bind_all()
 
     def _step_input(self, name: str) -> dict:
         return next(i for i in self.m["step"]["inputs"] if i["name"] == name)
@@ -124,12 +148,6 @@ class RankExecutor:
             slot_bytes = self.layout.buffers["noise_pred"]
             slots["noise_pred"] = Slot("guided_noise", self.opt.group * slot_bytes)
         return slots
-
-    def _bind_all(self) -> None:
-        for segments in self.layout.sets.values():
-            for seg in segments:
-                self._bind(self.sessions[seg.name], self._unet_slots(seg))
-        self._bind(self.sessions["step"], self._step_slots())
 
     def _bind(self, session, slots: dict[str, Slot]) -> None:
         for name, slot in slots.items():
@@ -192,8 +210,11 @@ class RankExecutor:
             start, stop = seg.exchange
             if stop > start and not self.opt.no_comm:
                 self.dev.wait(self.comm_stream, self.dev.record(self.compute))
+                for area_offset, own_offset, size in seg.own:  # this rank's own entries it reads back stale
+                    self.dev.copy(self.ptr["own"] + own_offset, self.ptr["area"] + area_offset, size,
+                                  self.comm_stream)
                 self.comm.exchange(self.ptr["area"], self.ptr["gathered"], self.layout.area_bytes, start, stop,
-                                   self.comm_stream, seg.own)
+                                   self.comm_stream)
                 self.exchanged[(set_name, seg.index)] = self.dev.record(self.comm_stream)
 
     def _scheduler_step(self, i: int) -> None:

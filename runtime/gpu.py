@@ -81,8 +81,10 @@ class RankServer:
             outputs[v.label] = out
         first = self.world_rank == 0
         load_s, self.load_s = self.load_s, 0.0
+        memory = dict(self.executor.memory, after_generation=self.device.memory_used())
         return {"latents": out if first else None, "variant_latents": outputs if first else None, "load_s": load_s,
-                "runs": runs, "device_bytes_used": self.device.peak_memory(), "gpu": self.device.index}
+                "runs": runs, "device_bytes_used": memory["after_generation"], "memory": memory,
+                "gpu": self.device.index}
 
     def close(self) -> None:
         self.comm.close()

@@ -17,6 +17,10 @@ class HostDevice:
     def __init__(self) -> None:
         self._buffers: list[np.ndarray] = []
 
+    def memory_used(self) -> int:
+        """Bytes of the buffers this stand-in holds (a GPU reports its device-wide use instead)."""
+        return sum(b.nbytes for b in self._buffers)
+
     def alloc(self, nbytes: int) -> int:
         buf = np.zeros(max(int(nbytes), 1), np.uint8)
         self._buffers.append(buf)

@@ -13,6 +13,7 @@ import sys
 
 from trt_distri.errors import MissingPackageError, TrtDistriError
 from trt_distri.runtime.comm import Communicator, RankFailedError
+from trt_distri.runtime.layout import peer_slot
 
 NCCL_UINT8 = 1  # ncclUint8 in ncclDataType_t
 UNIQUE_ID_BYTES = 128
@@ -102,18 +103,16 @@ class NcclComm(Communicator):
         self.world_rank, self.world = world_rank, world
         self.world_comm = lib.init_rank(world, world_uid, world_rank) if world_uid and world > size else None
 
-    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int,
-                 own: list[tuple[int, int]] | None = None) -> None:
+    def exchange(self, area: int, gathered: int, slot_bytes: int, start: int, stop: int, stream: int) -> None:
         n = stop - start
-        for a, b in own if own is not None else [(start, stop)]:  # only what this rank reads back (GN stats)
-            self.device.copy(gathered + self.rank * slot_bytes + a, area + a, b - a, stream)
         if self.size == 1:
             return
         self.lib.ncclGroupStart()
         for peer in range(self.size):
             if peer != self.rank:
                 self.lib.ncclSend(area + start, n, NCCL_UINT8, peer, self.comm, stream)
-                self.lib.ncclRecv(gathered + peer * slot_bytes + start, n, NCCL_UINT8, peer, self.comm, stream)
+                self.lib.ncclRecv(gathered + peer_slot(self.rank, peer) * slot_bytes + start, n, NCCL_UINT8, peer,
+                                  self.comm, stream)
         self.lib.ncclGroupEnd()
 
     def all_gather(self, src: int, dst: int, nbytes: int, stream: int) -> None:

@@ -41,6 +41,7 @@ def session_opener(workdir: Path, backend_name: str, device_index: int | None, h
                                 f"--backend {backend_name}` first")
         return HostBoundSession(session, host) if device_index is None else session
 
+    open_session.weights = weights
     return open_session
 
 

@@ -13,9 +13,6 @@ class HostStandIn(HostDevice):
         super().__init__()
         self.index = index
 
-    def peak_memory(self) -> int:
-        return 0
-
 
 class HostRankServer(RankServer):
     def open_device(self, index: int):
