@@ -41,6 +41,7 @@ from trt_distri.runtime.comm import RankFailedError
 from trt_distri.runtime.launch import stop_on_sigterm
 
 from bench_report import driver_version, merge, projected_s, write_results
+from peak_memory import NvidiaSmiPeak
 from torch_baseline import torch_baseline
 
 log = logging.getLogger("bench")
@@ -93,12 +94,16 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
         variants += [Variant("no_comm", no_comm=True, repeats=1),
                      Variant("sync", warmup_steps=args.steps, repeats=1)]
     options = RunOptions(warmup_steps=args.warmup, cuda_graph=cuda_graph)
-    _, reports = run_gpus(workdir, inputs, options, list(range(gpus)), repeats=2, variants=variants,
-                          timeout_s=args.run_timeout)
+    with NvidiaSmiPeak() as peak:  # the reference is measured the same way (benchmarks/peak_memory.py)
+        _, reports = run_gpus(workdir, inputs, options, list(range(gpus)), repeats=2, variants=variants,
+                              timeout_s=args.run_timeout)
     patch_devices = data["plan"]["devices"]
     row = {"size": size, "gpus": gpus, "split": split, "cuda_graph": cuda_graph, "prepare_s": prepare_s,
            "load_s": max(r["load_s"] for r in reports),
            "device_gib_used": round(max(r["device_bytes_used"] for r in reports) / 2**30, 1),
+           "peak_gib": max((peak.gib[g] for g in range(gpus) if g in peak.gib), default=None),
+           "peak_gib_per_gpu": peak.gib,
+           "memory": [r.get("memory") for r in reports],
            "exchange_mb_per_gpu_step": round(data["exchange"]["bytes"] * (patch_devices - 1) / 1e6, 1)}
     for v in variants:
         last = [[run for run in r["runs"] if run["variant"] == v.label][-1] for r in reports]

@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -34,34 +33,10 @@ from trt_distri.runtime.executor import uses_cuda_graph
 from trt_distri.runtime.launch import stop_on_sigterm
 
 from bench_report import projected_s
+from peak_memory import NvidiaSmiPeak
 
 log = logging.getLogger("end_to_end_gpu")
 RESULTS = Path(__file__).parent / "results"
-
-
-class MemoryPoller:
-    """Peak `memory.used` (MiB) per GPU index from nvidia-smi, polled in a thread."""
-
-    def __init__(self, period_s: float = 0.2) -> None:
-        self.period_s, self.peak, self._stop = period_s, {}, threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"]
-        while not self._stop.is_set():
-            out = subprocess.run(query, capture_output=True, text=True, check=False).stdout
-            for line in out.strip().splitlines():
-                index, used = (int(v) for v in line.split(","))
-                self.peak[index] = max(self.peak.get(index, 0), used)
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> "MemoryPoller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def case_dir(root: Path, size: int, gpus: int, model: str = "sdxl") -> Path:
@@ -102,13 +77,13 @@ def run_case(size: int, gpus: int, args: argparse.Namespace, export_s: float | N
     try:
         workdir, record["prepare"] = prepare(size, gpus, args.root, args.backend, export_s)
         target = Target("cuda", tuple(range(gpus)), args.backend, cuda_graph=args.cuda_graph)
-        with MemoryPoller() as memory:
+        with NvidiaSmiPeak(0.2) as memory:
             result = generate_image(workdir, "a red fox in the snow, detailed photograph", steps=args.steps,
                                     warmup_steps=args.warmup_steps, seed=0, target=target)
         case_dir(args.root, size, gpus).with_suffix(".png").write_bytes(png_bytes(result.image))
         record.update(seconds=round(result.seconds, 2), stages=result.stages, ranks=result.ranks,
                       summary=result.summary,
-                      peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak.items()) if k < gpus})
+                      peak_mib_per_gpu={str(k): v for k, v in sorted(memory.peak_mib.items()) if k < gpus})
     except Exception as exc:  # noqa: BLE001 - recorded, the next case still runs
         record["error"] = f"{type(exc).__name__}: {exc}"
         log.error("%dx%d on %d GPUs failed:\n%s", size, size, gpus, traceback.format_exc())

@@ -16,9 +16,12 @@ from pathlib import Path
 
 
 def sample() -> dict[int, int]:
-    """memory.used in MiB per GPU index."""
-    out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    """memory.used in MiB per GPU index; empty where nvidia-smi is missing or fails (no GPU)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
     return {int(i): int(m) for i, m in (line.split(",") for line in out.strip().splitlines())}
 
 

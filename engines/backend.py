@@ -129,6 +129,10 @@ class Backend(abc.ABC):
         """The shared weights a built engine reads (recorded in its metadata); none where it holds its own."""
         return []
 
+    def build_flags(self) -> dict[str, object]:
+        """Settings of this backend's own that change a built engine (part of the cache key's flags)."""
+        return {}
+
     def portable_archs(self) -> tuple[str, ...]:
         """The targets a portable backend builds for, each into its own engine ("any": one engine runs on every
         device). Device-specific backends build per compute capability instead."""

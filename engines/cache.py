@@ -72,7 +72,7 @@ def engine_key(manifest: Manifest, segment: dict, backend: Backend, arch: str, o
         "gpu_arch": arch,
         "shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16],
         "precision": manifest.data["precision"],
-        "flags": _sha256_json(options.flags())[:16],
+        "flags": _sha256_json({**options.flags(), **backend.build_flags()})[:16],
     })
 
 

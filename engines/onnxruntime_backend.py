@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from trt_distri.engines.backend import Backend, BackendCapabilities, BuildOptions, Session, TensorInfo
-from trt_distri.engines.ort_weights import SharedWeights, WeightRef, engine_weights
+from trt_distri.engines.ort_weights import SharedWeights, WeightRef, engine_weights, sharing_enabled
 from trt_distri.errors import ConfigError, EngineBuildError, EngineRunError, MissingPackageError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
@@ -221,6 +221,11 @@ class OnnxRuntimeBackend(Backend):
     def device_arch(self, device: int | None) -> str:
         return "cpu" if device is None else "cuda"
 
+    def build_flags(self) -> dict[str, object]:
+        from trt_distri.engines.ort_fusions import PASSES_ENV
+
+        return {"passes": os.environ.get(PASSES_ENV, "all")}
+
     def build(self, graph_path: Path, options: BuildOptions, arch: str = "cpu") -> tuple[bytes, list[TensorInfo]]:
         """The graph with attention rewritten and UNet chains put on fused kernels for `arch` ("cpu" or
         "cuda"; engines/ort_fusions.py); weights stay external. `options` are TensorRT's and ignored."""
@@ -230,14 +235,16 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # OSError, or protobuf's DecodeError for a file that is not ONNX
             raise EngineBuildError(f"cannot read the ONNX graph {graph_path}: {exc}. Note: expected a graph "
                                    "written by `trt-distri export`. Fix: export again") from exc
-        from trt_distri.engines.ort_fusions import prepare  # onnx, which loading never needs
+        from trt_distri.engines.ort_fusions import prepare, selected_passes  # onnx: loading never needs it
 
         rewrite_attention(model)
-        counts = prepare(model, "cuda" if arch == "cuda" else "cpu")
+        counts = prepare(model, "cuda" if arch == "cuda" else "cpu", selected_passes())
         logging.getLogger(__name__).debug("%s for %s: %s", graph_path.name, arch, counts)
         return model.SerializeToString(), _graph_io(model)
 
-    def shared_weight_store(self, weights_file: Path, device: int | None) -> SharedWeights:
+    def shared_weight_store(self, weights_file: Path, device: int | None) -> SharedWeights | None:
+        if not sharing_enabled():
+            return None
         ort = _import("onnxruntime", "onnxruntime-gpu" if device is not None else "onnxruntime")
         return SharedWeights(ort, weights_file, device)
 

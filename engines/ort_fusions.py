@@ -19,12 +19,14 @@ The first two have CPU kernels too, so the CPU target runs them and the tests pr
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 import onnx
 
 from trt_distri.engines.ort_graph import GraphEdit
+from trt_distri.errors import ConfigError
 
 #: channel and hidden sizes ORT's CUDA kernels accept (contrib_ops/cuda/diffusion/*.cc)
 BIAS_SPLIT_GELU_WIDTHS = (2560, 5120, 10240)
@@ -271,8 +273,25 @@ PASSES: dict[str, tuple[Pass, tuple[str, ...]]] = {
 }
 
 
+PASSES_ENV = "TRT_DISTRI_ORT_PASSES"
+
+
+def selected_passes() -> tuple[str, ...]:
+    """The passes `TRT_DISTRI_ORT_PASSES` names ("all", the default; "none"; or a comma-separated list)."""
+    value = os.environ.get(PASSES_ENV, "all").strip()
+    if value == "all":
+        return tuple(PASSES)
+    names = tuple(p for p in value.split(",") if p and p != "none")
+    unknown = [p for p in names if p not in PASSES]
+    if unknown:
+        raise ConfigError(f"{PASSES_ENV} names unknown passes {unknown}. Note: expected 'all', 'none' or some of "
+                          f"{', '.join(PASSES)}, got {value!r}. Fix: correct or unset {PASSES_ENV}")
+    return names
+
+
 def prepare(model: onnx.ModelProto, target: str, passes: tuple[str, ...] | None = None) -> dict[str, int]:
-    """Rewrite `model` in place for ORT on `target` ("cpu" or "cuda"); returns chains rewritten per pass."""
+    """Rewrite `model` in place for ORT on `target` ("cpu" or "cuda") with `passes` (default: every pass);
+    returns chains rewritten per pass."""
     edit = GraphEdit(model.graph)
     counts = {}
     for name, (run, targets) in PASSES.items():

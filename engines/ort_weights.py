@@ -2,8 +2,13 @@
 
 Every graph of both graph sets refers to the same `weights.bin` (external data). Left to itself, each ORT session
 loads the initializers it uses onto the device, so the warm-up and steady sets held two copies of the UNet (5.1 GB
-each for SDXL in fp16). Instead each weight becomes one OrtValue on the device, and every session receives it with
+each for SDXL in fp16). Instead the whole file goes once into one device allocation that this store owns, each
+weight is an OrtValue viewing its bytes there, and every session receives it with
 `SessionOptions.add_initializer`, which ORT uses in place when it already lives where the session plans it.
+`add_initializer` refuses a buffer ORT owns itself (`ortvalue_from_numpy(..., "cuda")` copies into one; seen on an
+H200 with ORT 1.31.1), so a CUDA weight is handed over as a DLPack tensor over the store's memory (ORT only views
+it; the deleter does nothing); on the CPU the OrtValue views the memory-mapped file. `TRT_DISTRI_SHARE_WEIGHTS=0`
+turns sharing off (each session loads its own copy, as before).
 
 The build records which external weights an engine reads (`engine_weights`, into the engine's metadata), so loading
 needs neither onnx nor the graph to know what to hand each session. This module imports only numpy; ONNX Runtime
@@ -11,6 +16,8 @@ comes from the caller.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from trt_distri.errors import CorruptEngineError
+from trt_distri.errors import CorruptEngineError, TrtDistriError
+
+SHARE_ENV = "TRT_DISTRI_SHARE_WEIGHTS"
+
+
+def sharing_enabled() -> bool:
+    return os.environ.get(SHARE_ENV, "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,10 @@ class SharedWeights:
         self.ort, self.path, self.device = ort, Path(path), device
         self._file = np.memmap(self.path, dtype=np.uint8, mode="r")
         self._values: dict[str, Any] = {}
+        self._keep: list[Any] = []  # DLPack structures ORT's tensors point into
         self._lock = threading.Lock()
         self.bytes = 0
+        self._block = _DeviceBlock(device, self._file) if device is not None else None
 
     def value(self, ref: WeightRef) -> Any:
         with self._lock:
@@ -78,15 +93,94 @@ class SharedWeights:
             raise CorruptEngineError(f"{self.path} is too short for weight {ref.name!r}. Note: expected at least "
                                      f"{ref.offset + ref.length} bytes, got {self._file.size}. Fix: export the work "
                                      "directory again")
-        array = self._file[ref.offset:ref.offset + ref.length].view(ref.dtype).reshape(ref.shape)
         if self.device is None:
+            array = self._file[ref.offset:ref.offset + ref.length].view(ref.dtype).reshape(ref.shape)
             return self.ort.OrtValue.ortvalue_from_numpy(array)
-        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device)
+        capsule, keep = _dlpack_capsule(self._block.ptr + ref.offset, self.device, ref.dtype, ref.shape)
+        self._keep.append(keep)
+        return self.ort.OrtValue.from_dlpack(capsule)
 
     def count(self) -> int:
         return len(self._values)
 
     def close(self) -> None:
+        """Drop every weight; call after the sessions that read them are gone."""
         with self._lock:
             self._values.clear()
             self.bytes = 0
+            if self._block is not None:
+                self._block.free()
+
+
+class _DeviceBlock:
+    """The whole weights file in one device allocation (cuda-python's runtime), freed by `free` or at exit."""
+
+    def __init__(self, device: int, data: np.ndarray) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart  # cuda-python < 12.6
+        self.rt, self.ptr = cudart, 0
+        self._check(cudart.cudaSetDevice(device), "cudaSetDevice")
+        self.ptr = int(self._check(cudart.cudaMalloc(max(data.size, 256)), f"cudaMalloc({data.size} bytes)"))
+        step = 1 << 28
+        for start in range(0, data.size, step):  # from the page cache, a chunk at a time
+            chunk = np.ascontiguousarray(data[start:start + step])
+            self._check(cudart.cudaMemcpy(self.ptr + start, chunk.ctypes.data, chunk.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy weights")
+
+    def _check(self, result, what: str):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise TrtDistriError(f"{what} failed while loading the shared weights: {err}. Fix: free GPU memory, or "
+                                 f"set {SHARE_ENV}=0")
+        return rest[0] if len(rest) == 1 else None
+
+    def free(self) -> None:
+        if self.ptr:
+            self.rt.cudaFree(self.ptr)
+            self.ptr = 0
+
+    def __del__(self) -> None:
+        self.free()
+
+
+# ---- a DLPack tensor over memory this module owns (ORT's from_dlpack views it) -------------------------------
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+
+
+_NO_DELETE = _DELETER(lambda _: None)  # the store owns the memory; module-level so it outlives every tensor
+_KDL_CUDA = 2
+_DL_CODES = {"f": 2, "i": 0, "u": 1, "b": 6}  # kDLFloat, kDLInt, kDLUInt, kDLBool
+_CAPSULE_NEW = ctypes.pythonapi.PyCapsule_New
+_CAPSULE_NEW.restype = ctypes.py_object
+_CAPSULE_NEW.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _dlpack_capsule(ptr: int, device: int, dtype: str, shape: tuple[int, ...]) -> tuple[object, tuple]:
+    """A "dltensor" capsule for a contiguous CUDA tensor at `ptr`, and the structures to keep alive with it."""
+    np_dtype = np.dtype(dtype)
+    dims = (ctypes.c_int64 * max(len(shape), 1))(*shape)
+    managed = _DLManagedTensor()
+    managed.dl_tensor = _DLTensor(ptr, _DLDevice(_KDL_CUDA, device), len(shape),
+                                  _DLDataType(_DL_CODES[np_dtype.kind], np_dtype.itemsize * 8, 1), dims, None, 0)
+    managed.manager_ctx, managed.deleter = None, _NO_DELETE
+    return _CAPSULE_NEW(ctypes.addressof(managed), b"dltensor", None), (managed, dims)

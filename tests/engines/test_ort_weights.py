@@ -61,3 +61,20 @@ def test_a_short_weights_file_is_named(built, tmp_path):
     segment = built.segments("steady")[-1]
     with pytest.raises(CorruptEngineError, match="too short for weight .* Fix: export the work directory again"):
         cache.load(segment, None, weights=store)
+
+
+def test_dlpack_view_reads_the_bytes_in_place(monkeypatch):
+    """The DLPack structure handed to ORT for a CUDA weight, read here by ORT's CPU build (device type kDLCPU):
+    shape, dtype and data pointer are what ORT sees, and add_initializer takes it (ORT does not own it)."""
+    import onnxruntime as ort
+
+    from trt_distri.engines import ort_weights
+
+    monkeypatch.setattr(ort_weights, "_KDL_CUDA", 1)
+    data = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float16)
+    capsule, keep = ort_weights._dlpack_capsule(data.ctypes.data, 0, "float16", data.shape)
+    value = ort.OrtValue.from_dlpack(capsule)
+    np.testing.assert_array_equal(value.numpy(), data)
+    data[0, 0] = 7.0
+    assert value.numpy()[0, 0] == 7.0  # a view, not a copy
+    ort.SessionOptions().add_initializer("w", value)
