@@ -35,6 +35,7 @@ from trt_distri.config import ExportRequest, Precision
 from trt_distri.engines.build import build_workdir
 from trt_distri.export.exporter import export_unet
 from trt_distri.loop import psnr
+from trt_distri.manifest import Manifest
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
 from trt_distri.runtime.comm import RankFailedError
@@ -87,8 +88,8 @@ def prepare(model: str, size: int, gpus: int, split: bool, root: Path) -> tuple[
 
 def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: bool, cuda_graph: bool,
                args) -> tuple[dict, dict]:
-    data = json.loads((workdir / "manifest.json").read_text())
-    inputs = random_inputs(data, args.steps, "ddim", 5.0, seed=0)
+    manifest = Manifest.load(workdir)
+    inputs = random_inputs(manifest, args.steps, "ddim", 5.0, seed=0)
     variants = [Variant("exchange", repeats=2)]
     if gpus > 1:  # the diagnostic without exchange, and every step synchronous (must equal 1 GPU within fp16)
         variants += [Variant("no_comm", no_comm=True, repeats=1),
@@ -97,14 +98,14 @@ def run_config(workdir: Path, prepare_s: float, size: int, gpus: int, split: boo
     with NvidiaSmiPeak() as peak:  # the reference is measured the same way (benchmarks/peak_memory.py)
         _, reports = run_gpus(workdir, inputs, options, list(range(gpus)), repeats=2, variants=variants,
                               timeout_s=args.run_timeout)
-    patch_devices = data["plan"]["devices"]
+    patch_devices = manifest.devices
     row = {"size": size, "gpus": gpus, "split": split, "cuda_graph": cuda_graph, "prepare_s": prepare_s,
            "load_s": max(r["load_s"] for r in reports),
            "device_gib_used": round(max(r["device_bytes_used"] for r in reports) / 2**30, 1),
            "peak_gib": max((peak.gib[g] for g in range(gpus) if g in peak.gib), default=None),
            "peak_gib_per_gpu": peak.gib,
            "memory": [r.get("memory") for r in reports],
-           "exchange_mb_per_gpu_step": round(data["exchange"]["bytes"] * (patch_devices - 1) / 1e6, 1)}
+           "exchange_mb_per_gpu_step": round(manifest.exchange.bytes * (patch_devices - 1) / 1e6, 1)}
     for v in variants:
         last = [[run for run in r["runs"] if run["variant"] == v.label][-1] for r in reports]
         row[v.label] = {k: max(run[k] or 0 for run in last) for k in ("sync_step_ms", "async_step_ms", "wall_s")}

@@ -18,6 +18,7 @@ import torch
 
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.export.exporter import export_unet
+from trt_distri.manifest import Manifest
 from trt_distri.models import random_unet
 
 RESULTS = Path(__file__).parent / "results"
@@ -28,16 +29,14 @@ def measure(unet, size: int, devices: int, root: Path) -> dict:
     req = ExportRequest("random:sdxl", size, size, devices, out, cfg_split=False, precision=Precision.FP16,
                         overwrite=True)
     start = time.perf_counter()
-    manifest = json.loads(export_unet(req, unet=unet).read_text())
+    manifest = Manifest.load(export_unet(req, unet=unet).parent)
     seconds = time.perf_counter() - start
     files = list((out / "graphs").iterdir())
     graph_bytes = sum(f.stat().st_size for f in files if f.suffix == ".onnx")
     row = {"size": size, "devices": devices, "batch": req.batch, "export_s": round(seconds, 1),
-           "warmup_graphs": len(manifest["graph_sets"]["warmup"]),
-           "steady_graphs": len(manifest["graph_sets"]["steady"]),
-           "graph_bytes": graph_bytes, "weights_bytes": manifest["weights"]["bytes"],
-           "exchange_bytes_per_rank": manifest["exchange"]["bytes"],
-           "exchange_entries": len(manifest["exchange"]["entries"])}
+           "warmup_graphs": len(manifest.segments("warmup")), "steady_graphs": len(manifest.segments("steady")),
+           "graph_bytes": graph_bytes, "weights_bytes": manifest.weights.bytes,
+           "exchange_bytes_per_rank": manifest.exchange.bytes, "exchange_entries": len(manifest.exchange.entries)}
     shutil.rmtree(out)
     return row
 

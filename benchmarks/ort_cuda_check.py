@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.engines.build import GRAPH_SETS, build_workdir
+from trt_distri.engines.backend import LoadOptions, get_backend
+from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
-from trt_distri.engines.backend import get_backend
-from trt_distri.export.manifest import Manifest
 from trt_distri.export.simulate import Simulator
+from trt_distri.manifest import GRAPH_SETS, Manifest
 
 
 def export_tiny(out: Path) -> Path:
@@ -44,12 +44,12 @@ class _Recorder(Simulator):
         super().__init__(workdir)
         self.feeds: dict[str, dict[str, np.ndarray]] = {}
 
-    def _session(self, segment: dict):
+    def _session(self, segment):
         session, feeds = super()._session(segment), self.feeds
 
         class _Recording:
             def run(self, names, inputs):
-                feeds.setdefault(segment["name"], {k: np.array(v) for k, v in inputs.items()})
+                feeds.setdefault(segment.name, {k: np.array(v) for k, v in inputs.items()})
                 return session.run(names, inputs)
 
         return _Recording()
@@ -58,7 +58,7 @@ class _Recorder(Simulator):
 def segment_feeds(workdir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Each segment's inputs on rank 0 during one synchronous and one asynchronous step of random latents."""
     sim = _Recorder(workdir)
-    shapes = {i["role"]: i["shape"] for name in GRAPH_SETS for s in sim.manifest.segments(name) for i in s["inputs"]}
+    shapes = {i.role.value: i.shape for s in sim.manifest.unet_segments() for i in s.inputs}
     rng = np.random.default_rng(0)
     sample = rng.standard_normal([*shapes["sample"][:2], shapes["sample"][2] * sim.n, shapes["sample"][3]])
     enc = rng.standard_normal(shapes["encoder_hidden_states"])
@@ -102,14 +102,14 @@ def check(workdir: Path, repeats: int) -> list[dict]:
     inputs, rows = segment_feeds(workdir), []
     for name in GRAPH_SETS:
         for segment in cache.manifest.segments(name):
-            feeds = inputs[segment["name"]]
-            cpu = cache.load(segment, None).run_host(feeds)
-            gpu, ms = run_cuda(cache.load(segment, 0, stream=stream.ptr), feeds, stream, repeats)
+            feeds = inputs[segment.name]
+            cpu = cache.load(segment).run_host(feeds)
+            gpu, ms = run_cuda(cache.load(segment, LoadOptions(0, stream.ptr)), feeds, stream, repeats)
             errors = {k: rel_err(gpu[k], cpu[k]) for k in cpu}
             worst = max(errors, key=errors.get)
-            rows.append({"segment": segment["name"], "outputs": len(cpu), "max_rel_err": errors[worst],
+            rows.append({"segment": segment.name, "outputs": len(cpu), "max_rel_err": errors[worst],
                          "worst_output": worst, "cuda_ms": round(ms, 4)})
-            print(f"{segment['name']:>12}  outputs {len(cpu):3d}  max rel err {errors[worst]:.2e} ({worst})  "
+            print(f"{segment.name:>12}  outputs {len(cpu):3d}  max rel err {errors[worst]:.2e} ({worst})  "
                   f"CUDA {ms:.3f} ms")
     return rows
 

@@ -21,18 +21,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from trt_distri.engines.backend import get_backend
+from trt_distri.engines.backend import LoadOptions, get_backend
 from trt_distri.engines.ort_fusions import PASSES, prepare
 from trt_distri.engines.onnxruntime_backend import rewrite_attention
 from trt_distri.engines.ort_weights import engine_weights
-from trt_distri.export.manifest import Manifest
+from trt_distri.manifest import Manifest, Role, Segment
 
 
-def prepared(manifest: Manifest, segment: dict, passes: tuple[str, ...], folder: Path) -> Path:
+def prepared(manifest: Manifest, segment: Segment, passes: tuple[str, ...], folder: Path) -> Path:
     model = onnx.load(str(manifest.graph_path(segment)), load_external_data=False)
     rewrite_attention(model)
     prepare(model, "cuda", passes)
-    path = folder / f"{segment['name']}.{'-'.join(passes) or 'none'}.onnx"
+    path = folder / f"{segment.name}.{'-'.join(passes) or 'none'}.onnx"
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -40,15 +40,15 @@ def prepared(manifest: Manifest, segment: dict, passes: tuple[str, ...], folder:
 def model_feeds(manifest: Manifest, rng: np.random.Generator) -> dict[str, np.ndarray]:
     feeds = {}
     for segment in manifest.segments("steady"):
-        for spec in segment["inputs"]:
-            if spec["role"] in ("activation",) or spec["name"] in feeds:
+        for spec in segment.inputs:
+            if spec.role == Role.ACTIVATION or spec.name in feeds:
                 continue
-            value = rng.standard_normal(spec["shape"]).astype(spec["dtype"])
-            if spec["role"] == "timestep":
+            value = rng.standard_normal(spec.shape).astype(spec.dtype)
+            if spec.role == Role.TIMESTEP:
                 value[:] = 500.0
-            elif spec["role"] == "stale" and spec["name"].startswith("gn."):
+            elif spec.role == Role.STALE and spec.name.startswith("gn."):
                 value = np.abs(value)  # E[x] and E[x^2] >= E[x]^2 holds for most groups; the formula falls back
-            feeds[spec["name"]] = value
+            feeds[spec.name] = value
     return feeds
 
 
@@ -85,7 +85,7 @@ def check(workdir: Path, variants: list[tuple[str, ...]], repeats: int) -> dict:
     stream = cp.cuda.Stream(non_blocking=True)
     folder = Path(tempfile.mkdtemp(dir=manifest.graph_path(manifest.segments("steady")[0]).parent))
     feeds = model_feeds(manifest, np.random.default_rng(0))
-    store = ort.shared_weight_store(manifest.root / manifest.data["weights"]["file"], 0)  # None: sharing off
+    store = ort.shared_weight_store(manifest.root / manifest.weights.file, 0)  # None: sharing off
     results = {"-".join(v) or "none": {"ms": {}, "max_rel_err": 0.0} for v in variants}
     for segment in manifest.segments("steady"):
         reference = None
@@ -96,22 +96,22 @@ def check(workdir: Path, variants: list[tuple[str, ...]], repeats: int) -> dict:
             try:  # a pass that fails on this GPU is recorded and left out of the rest, the others go on
                 path = prepared(manifest, segment, variant, folder)
                 refs = engine_weights(onnx.load(str(path), load_external_data=False))
-                session = ort.load(path, 0, weights_dir=folder.parent, stream=stream.ptr,
-                                   shared_weights=(store, refs) if refs and store is not None else None)
+                session = ort.load(path, LoadOptions(0, stream.ptr, weights_dir=folder.parent, shared_weights=(
+                    store, refs) if refs and store is not None else None))
                 outputs, ms = run_timed(session, feeds, stream, repeats)
             except Exception as exc:  # noqa: BLE001 - ORT's own error types
                 if reference is None:
                     raise
-                row["error"] = f"{segment['name']}: {type(exc).__name__}: {exc}"[:2000]
+                row["error"] = f"{segment.name}: {type(exc).__name__}: {exc}"[:2000]
                 continue
-            row["ms"][segment["name"]] = round(ms, 3)
+            row["ms"][segment.name] = round(ms, 3)
             if reference is None:
                 reference = outputs
                 feeds.update(outputs)  # later segments read these activations
             else:
                 row["max_rel_err"] = max(row["max_rel_err"], *(rel_err(outputs[k], reference[k]) for k in outputs))
             del session
-        print(segment["name"], {k: v["ms"][segment["name"]] for k, v in results.items()}, flush=True)
+        print(segment.name, {k: v["ms"][segment.name] for k, v in results.items()}, flush=True)
     for row in results.values():
         row["total_ms"] = round(sum(row["ms"].values()), 2)
     return results

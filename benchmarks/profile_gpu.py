@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from trt_distri.cli_run import random_inputs
+from trt_distri.manifest import Manifest
 from trt_distri.runtime.cuda import CudaDevice
 from trt_distri.runtime.executor import RankExecutor, RunOptions
 from trt_distri.runtime.generation import rank_inputs
@@ -69,13 +70,14 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    data = json.loads((args.workdir / "manifest.json").read_text())
+    manifest = Manifest.load(args.workdir)
     device = CudaDevice(0)
     options = RunOptions(warmup_steps=-1, no_comm=True)  # every step asynchronous, no exchange
-    executor = RankExecutor(data, RankLayout.from_manifest(data, args.rank), session_opener(args.workdir, "ort", 0),
-                            device, SoloComm(args.rank, data["plan"]["devices"], device), options)
-    inputs = random_inputs(data, args.steps, "ddim", 5.0, seed=0)
-    latents, cond = rank_inputs(inputs, data, args.rank)
+    executor = RankExecutor(manifest, RankLayout.from_manifest(manifest, args.rank),
+                            session_opener(manifest, "ort", 0), device, SoloComm(args.rank, manifest.devices, device),
+                            options)
+    inputs = random_inputs(manifest, args.steps, "ddim", 5.0, seed=0)
+    latents, cond = rank_inputs(inputs, manifest, args.rank)
     executor.generate(latents, cond, inputs.schedule)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         executor.generate(latents, cond, inputs.schedule)
@@ -90,7 +92,7 @@ def main() -> None:
     for name, ms in kernels.items():
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + ms
     busy = sum(kernels.values())
-    report = {"workdir": str(args.workdir), "rank": args.rank, "devices": data["plan"]["devices"],
+    report = {"workdir": str(args.workdir), "rank": args.rank, "devices": manifest.devices,
               "gpu": torch.cuda.get_device_name(0), "steps": args.steps, "step_ms": round(step_ms, 2),
               "kernel_ms_per_step": round(busy, 2), "busy_fraction": round(busy / step_ms, 3),
               "by_kind_ms": {k: round(v, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},

@@ -27,6 +27,7 @@ from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
 from trt_distri.runtime.local import run_local
 from trt_distri.cli_run import random_inputs
+from trt_distri.manifest import Manifest
 
 log = logging.getLogger("runtime_gpu")
 
@@ -51,8 +52,7 @@ def tiny_checks(root: Path, steps: int) -> dict:
     sync_1 = None
     for n in (1, 2, 4):
         workdir = export("tiny-sdxl", 128, n, root)
-        data = json.loads((workdir / "manifest.json").read_text())
-        inputs = random_inputs(data, steps, "ddim", 5.0, seed=0)
+        inputs = random_inputs(Manifest.load(workdir), steps, "ddim", 5.0, seed=0)
         gpu, _ = run_gpus(workdir, inputs, RunOptions(warmup_steps=1), list(range(n)))
         cpu, _ = run_local(workdir, inputs, RunOptions(warmup_steps=1))
         sync, _ = run_gpus(workdir, inputs, RunOptions(warmup_steps=steps), list(range(n)))
@@ -70,8 +70,8 @@ def sdxl_overhead(root: Path, size: int, devices: list[int], steps: int, warmup:
     rows = []
     for n in devices:
         workdir = export("sdxl", size, n, root, unet)
-        data = json.loads((workdir / "manifest.json").read_text())
-        inputs = random_inputs(data, steps, "ddim", 5.0, seed=0)
+        manifest = Manifest.load(workdir)
+        inputs = random_inputs(manifest, steps, "ddim", 5.0, seed=0)
         row = {"size": size, "devices": n, "steps": steps, "warmup_steps": warmup}
         _, reports = run_gpus(workdir, inputs, RunOptions(warmup_steps=warmup), list(range(n)), repeats=2,
                               variants=[Variant("exchange"), Variant("no_comm", no_comm=True)])
@@ -82,7 +82,7 @@ def sdxl_overhead(root: Path, size: int, devices: list[int], steps: int, warmup:
             row[label] = {key: max(run[key] for run in last) for key in ("sync_step_ms", "async_step_ms", "wall_s")}
         row["async_overhead_pct"] = round(100 * (row["exchange"]["async_step_ms"] /
                                                  row["no_comm"]["async_step_ms"] - 1), 2)
-        row["exchange_mb_per_rank_step"] = round(data["exchange"]["bytes"] * (n - 1) / 1e6, 1)
+        row["exchange_mb_per_rank_step"] = round(manifest.exchange.bytes * (n - 1) / 1e6, 1)
         log.info("sdxl %d n=%d: %s", size, n, row)
         rows.append(row)
     return rows

@@ -8,7 +8,9 @@ inputs and outputs and two ways to run:
   exchange-area offsets) and work is enqueued on the caller's CUDA stream without synchronizing.
 
 Backends differ in what they can do, not in how they are called: those differences are fields of
-`BackendCapabilities`. This module imports neither torch nor onnx, so the runtime can use it.
+`BackendCapabilities`, and each backend has its own build options (a `BackendBuildOptions`). How to load is one
+`LoadOptions` for every backend. This module imports neither torch, onnx nor any backend's module, so the
+runtime can use it; `BACKENDS` is the one registry of backends (the CLI, the API and the contract test read it).
 """
 from __future__ import annotations
 
@@ -20,11 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.engines.trt import BuildOptions, TensorInfo
-from trt_distri.errors import ConfigError, TrtDistriError
+from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError
 
-__all__ = ["BACKENDS", "Backend", "BackendCapabilities", "BuildOptions", "Session", "TensorInfo",
-           "available_backends", "get_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "BackendBuildOptions", "BackendCapabilities", "LoadOptions",
+           "Session", "TensorInfo", "available_backends", "get_backend", "onnx_runner"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine or network I/O tensor: dtype is the numpy name ("float16"); -1 marks a dynamic dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    is_input: bool
 
 
 @dataclass(frozen=True)
@@ -32,16 +43,58 @@ class BackendCapabilities:
     """What a backend can do on this machine; each field names the code that reads it."""
 
     builds_without_gpu: bool
-    """`build` works on a machine without a CUDA GPU (TensorRT-RTX compiles ahead of time; ORT rewrites a graph)."""
+    """`build` works on a machine without a CUDA GPU (TensorRT-RTX compiles ahead of time; ORT rewrites a graph):
+    engines.build builds in this process."""
     runs_without_gpu: bool
-    """`load(engine, device=None)` gives a session that runs on the CPU (ONNX Runtime's CPU provider)."""
+    """`load` with `device=None` gives a session that runs on the CPU (ONNX Runtime's CPU provider): checked by
+    `Backend.check_load` and by the runtime's session opener before any rank starts."""
     device_specific: bool
     """An engine runs only on GPUs of the compute capability it was built on: the cache key records it."""
-    stream_at_load: bool
-    """The CUDA stream is fixed when the session is created (ORT's user_compute_stream); `run_async` must be
-    given that same stream. Otherwise any stream may be passed to each `run_async` (TensorRT)."""
     engine_suffix: str
     """File suffix of a built engine (".engine" for TensorRT, ".onnx" for ONNX Runtime)."""
+    runs_onnx: bool
+    """`load` also reads an exported ONNX graph as it is, unbuilt: the runtime runs a work directory without an
+    engine cache, and the scheduler's step graph, text encoders and VAE with such a backend (`onnx_runner`)."""
+    supports_cuda_graph: bool
+    """`LoadOptions.cuda_graph` is honoured (runs are captured once, then replayed): runtime.executor.uses_cuda_graph
+    turns it on by default for loaded ranks that generate more than once."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load an engine, for every backend; a backend refuses (ConfigError) what its capabilities lack."""
+
+    device: int | None = None
+    """CUDA device index; None: the CPU (where `runs_without_gpu`)."""
+    stream: int | None = None
+    """The CUDA stream every `run_async` will be given (ONNX Runtime fixes it when the session is created;
+    TensorRT takes the stream of each run and ignores this)."""
+    weights_dir: Path | None = None
+    """Folder of the external weights an engine refers to (ONNX graphs: the work directory's graphs/)."""
+    refit_from: Path | None = None
+    """For a weight-stripped engine: the ONNX graph whose weights are refitted into it."""
+    cuda_graph: bool = False
+    """Replay each run as a captured CUDA graph (bindings must not move between runs); `supports_cuda_graph`."""
+    transient: bool = False
+    """A session used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is
+    kept in a pool shared with other sessions of the process."""
+    shared_weights: tuple | None = None
+    """(store, the engine's weight refs): a store from `Backend.shared_weight_store` and the weights this engine
+    reads; the session takes its weights from the store instead of loading its own copy."""
+
+
+@dataclass(frozen=True)
+class BackendBuildOptions:
+    """A backend's builder settings; each backend has its own subclass (TensorRT: engines.trt.BuildOptions)."""
+
+    def flags(self) -> dict[str, object]:
+        """The settings that change the built engine (part of the cache key)."""
+        return {}
+
+    @property
+    def strips_weights(self) -> bool:
+        """The engine holds no weights: loading refits them from the graph (`LoadOptions.refit_from`)."""
+        return False
 
 
 class Session(abc.ABC):
@@ -101,24 +154,33 @@ class Backend(abc.ABC):
     def capabilities(self) -> BackendCapabilities: ...
 
     @abc.abstractmethod
-    def build(self, graph_path: Path, options: BuildOptions, arch: str = "any") -> tuple[bytes, list[TensorInfo]]:
+    def build_options(self, cache_dir: Path | None = None, **settings: object) -> BackendBuildOptions:
+        """This backend's build options from the CLI's settings (TensorRT: optimization_level, workspace_bytes,
+        refittable, strip_weights); `cache_dir` holds what builds share (TensorRT's timing cache)."""
+
+    @abc.abstractmethod
+    def build(self, graph_path: Path, options: BackendBuildOptions,
+              arch: str = "any") -> tuple[bytes, list[TensorInfo]]:
         """Build the ONNX graph at `graph_path` (external data beside it) for `arch` (a `device_arch` value);
         return engine bytes and its I/O."""
 
     @abc.abstractmethod
-    def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False, shared_weights=None) -> Session:
-        """Load an engine on CUDA device `device` (None: the CPU, where `runs_without_gpu`).
-
-        `weights_dir` holds external weights an engine refers to (ORT graphs; the work directory). `stream` is
-        the stream of every `run_async` where `capabilities().stream_at_load`. `graph_path`, for a weight-stripped
-        engine: the ONNX graph whose weights are refitted into it. `cuda_graph`: replay each run as a captured
-        CUDA graph (bindings must not move between runs; ONNX Runtime only). `transient`: a session
-        used briefly (text encoders, VAE): all its device memory goes back when it is dropped, none is kept in a
-        pool shared with other sessions of the process. `shared_weights`: (store, the engine's weight refs) from
-        `shared_weight_store` where the backend has one: the session reads its weights from the store instead of
-        loading its own copy."""
+    def load(self, engine_path: Path, options: LoadOptions) -> Session:
+        """Load an engine (or, where `runs_onnx`, an exported graph) as `options` say; see LoadOptions."""
+    def check_load(self, options: LoadOptions) -> None:
+        """Refuse load options this backend's capabilities lack (the first thing `load` does)."""
+        caps = self.capabilities()
+        if options.device is None and not caps.runs_without_gpu:
+            raise ConfigError(f"{self.label} engines run only on a CUDA GPU. Note: expected a device index, got "
+                              "None (the CPU). Fix: run on a GPU (--device cuda), or use a backend that runs on the "
+                              f"CPU: {', '.join(n for n in BACKENDS if n != self.name)}")
+        if options.cuda_graph and not caps.supports_cuda_graph:
+            raise ConfigError(f"CUDA-graph replay is not available with {self.label} engines yet. Note: expected "
+                              "cuda_graph=False. Fix: drop --cuda-graph, or use a backend that supports it: "
+                              f"{', '.join(n for n in BACKENDS if n != self.name)}")
+        if options.cuda_graph and options.device is None:
+            raise ConfigError("CUDA-graph replay needs a CUDA device. Note: expected a device index, got None (the "
+                              "CPU). Fix: drop --cuda-graph on the CPU")
 
     def shared_weight_store(self, weights_file: Path, device: int | None):
         """One copy of `weights_file` on `device` for every session of a rank, or None where engines carry their
@@ -147,12 +209,15 @@ class Backend(abc.ABC):
         return compute_capability(device)
 
 
-#: --backend name -> "module:class", imported on demand so that one backend's package is not needed by another.
+#: The registry: --backend name -> "module:class", imported on demand so that one backend's package is not needed
+#: by another. The first that `runs_onnx` is `onnx_runner`.
 BACKENDS: dict[str, str] = {
+    "ort": "trt_distri.engines.onnxruntime_backend:OnnxRuntimeBackend",
     "trt": "trt_distri.engines.tensorrt_backend:TensorRTBackend",
     "trt-rtx": "trt_distri.engines.tensorrt_backend:TensorRTRTXBackend",
-    "ort": "trt_distri.engines.onnxruntime_backend:OnnxRuntimeBackend",
 }
+#: What `trt-distri run` and the API use unless told: the backend that runs exported graphs on CPUs and GPUs.
+DEFAULT_BACKEND = "ort"
 
 
 def get_backend(name: str) -> Backend:
@@ -161,6 +226,20 @@ def get_backend(name: str) -> Backend:
         raise ConfigError(f"unknown backend {name!r}. Note: expected one of {sorted(BACKENDS)}, got {name!r}")
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def onnx_runner() -> Backend:
+    """The first registered backend that runs exported ONNX graphs as they are (`runs_onnx`): it runs the
+    scheduler's step graph, the text encoders and the VAE decoder whatever backend runs the UNet."""
+    for name in BACKENDS:
+        try:
+            backend = get_backend(name)
+            if backend.capabilities().runs_onnx:
+                return backend
+        except MissingPackageError:
+            continue
+    raise MissingPackageError("no installed backend runs ONNX graphs as they are. Note: expected one of "
+                              f"{sorted(BACKENDS)} with that capability. Fix: pip install onnxruntime")
 
 
 def available_backends() -> list[str]:

@@ -17,23 +17,21 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trt_distri.engines.backend import Backend, BuildOptions, get_backend
+from trt_distri.engines.backend import Backend, BackendBuildOptions, get_backend
 from trt_distri.engines.cache import EngineCache, EngineKey, engine_key
 from trt_distri.engines.gpus import list_gpus
-from trt_distri.engines.trt import check_io_against_manifest
+from trt_distri.engines.io_check import check_io_against_manifest
 from trt_distri.errors import ConfigError
-from trt_distri.export.manifest import Manifest
+from trt_distri.manifest import GRAPH_SETS, Manifest, Segment
 
 log = logging.getLogger(__name__)
-
-GRAPH_SETS = ("warmup", "steady")
 
 
 @dataclass(frozen=True)
 class BuildJob:
     """One engine to build: a segment for one architecture, written to every path that shares its key."""
 
-    segment: dict
+    segment: Segment
     key: EngineKey
     paths: tuple[Path, ...]
     device: int | None  # the GPU that builds it; None: this process, no GPU
@@ -41,7 +39,7 @@ class BuildJob:
     @property
     def label(self) -> str:
         arch = self.key.fields["gpu_arch"]
-        return f"{self.segment['name']} ({'sm ' + arch if arch[0].isdigit() else arch})"
+        return f"{self.segment.name} ({'sm ' + arch if arch[0].isdigit() else arch})"
 
 
 @dataclass
@@ -76,10 +74,10 @@ def _targets(backend: Backend, gpus: Sequence[int] | None) -> dict[str, list[int
     return groups
 
 
-def plan_jobs(cache: EngineCache, targets: dict[str, list[int | None]], options: BuildOptions,
+def plan_jobs(cache: EngineCache, targets: dict[str, list[int | None]], options: BackendBuildOptions,
               report: BuildReport) -> list[BuildJob]:
     """Jobs for every segment and architecture not already in the cache, deduplicated by key."""
-    by_key: dict[str, tuple[dict, EngineKey, list[Path]]] = {}
+    by_key: dict[str, tuple[Segment, EngineKey, list[Path]]] = {}
     for arch in targets:
         for segment in (s for name in GRAPH_SETS for s in cache.manifest.segments(name)):
             key, path = engine_key(cache.manifest, segment, cache.backend, arch, options), cache.path(segment, arch)
@@ -96,7 +94,7 @@ def plan_jobs(cache: EngineCache, targets: dict[str, list[int | None]], options:
     return jobs
 
 
-def run_job(workdir: Path, backend_name: str, options: BuildOptions, job: BuildJob) -> float:
+def run_job(workdir: Path, backend_name: str, options: BackendBuildOptions, job: BuildJob) -> float:
     """Build one job and write its engine to each of its paths; return the seconds it took."""
     start = time.perf_counter()
     cache = EngineCache(Manifest.load(workdir), get_backend(backend_name))
@@ -104,7 +102,7 @@ def run_job(workdir: Path, backend_name: str, options: BuildOptions, job: BuildJ
     check_io_against_manifest(io, job.segment)
     weights = cache.backend.engine_weights(data)
     for path in job.paths:
-        cache.write(path, data, job.key, io, job.segment, stripped=options.strip_weights, weights=weights)
+        cache.write(path, data, job.key, io, job.segment, stripped=options.strips_weights, weights=weights)
     return time.perf_counter() - start
 
 
@@ -114,7 +112,7 @@ def _pin_gpu(device: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
 
 
-def _run_on_gpus(workdir: Path, backend_name: str, options: BuildOptions, jobs: list[BuildJob],
+def _run_on_gpus(workdir: Path, backend_name: str, options: BackendBuildOptions, jobs: list[BuildJob],
                  progress: Progress | None) -> None:
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold a CUDA context
     pools = {d: ProcessPoolExecutor(1, context, initializer=_pin_gpu, initargs=(d,))
@@ -132,12 +130,12 @@ def _run_on_gpus(workdir: Path, backend_name: str, options: BuildOptions, jobs: 
 
 
 def build_workdir(workdir: str | Path, backend_name: str, gpus: Sequence[int] | None = None,
-                  options: BuildOptions | None = None, progress: Progress | None = None) -> BuildReport:
+                  options: BackendBuildOptions | None = None, progress: Progress | None = None) -> BuildReport:
     """Build (or reuse) the engines of every segment of both graph sets into WORKDIR/engines/<backend>/."""
     start, report = time.perf_counter(), BuildReport()
     manifest, backend = Manifest.load(workdir), get_backend(backend_name)
     cache = EngineCache(manifest, backend)
-    options = options or BuildOptions(timing_cache=cache.root / "timing.cache")
+    options = options or backend.build_options(cache.root)
     cache.root.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(cache, _targets(backend, gpus), options, report)
     log.info("%s: %d engine(s) to build, %d reused from %s", backend.label, len(jobs), len(report.reused),

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trt_distri.engines.backend import Backend, BuildOptions, Session, TensorInfo
+from trt_distri.engines.backend import Backend, BackendBuildOptions, LoadOptions, Session, TensorInfo
 from trt_distri.engines.ort_weights import WeightRef
 from trt_distri.errors import CorruptEngineError, EngineCacheError, EngineMismatchError
-from trt_distri.export.manifest import Manifest
+from trt_distri.manifest import Manifest, Segment
 
 FORMAT = "trt-distri/engine"
 VERSION = 1
@@ -59,19 +59,21 @@ class EngineKey:
                 if other.get(n) != self.fields.get(n)]
 
 
-def engine_key(manifest: Manifest, segment: dict, backend: Backend, arch: str, options: BuildOptions) -> EngineKey:
+def engine_key(manifest: Manifest, segment: Segment, backend: Backend, arch: str,
+               options: BackendBuildOptions) -> EngineKey:
     """The key of `segment` built by `backend` for GPU architecture `arch` ("9.0", or "any") with `options`."""
-    io = {k: [{f: e[f] for f in ("name", "role", "shape", "dtype")} for e in segment[k]] for k in ("inputs", "outputs")}
-    shapes = ",".join(f"{e['name']}:{'x'.join(map(str, e['shape']))}" for e in segment["inputs"] + segment["outputs"])
+    io = {k: [{"name": e.name, "role": e.role.value, "shape": list(e.shape), "dtype": e.dtype}
+              for e in getattr(segment, k)] for k in ("inputs", "outputs")}
+    shapes = ",".join(f"{e.name}:{'x'.join(map(str, e.shape))}" for e in segment.inputs + segment.outputs)
     return EngineKey({
         "graph": _sha256_file(manifest.graph_path(segment)),
         "segment": _sha256_json(io),
-        "weights": manifest.data["weights"]["sha256"],
+        "weights": manifest.weights.sha256,
         "backend": backend.name,
         "backend_version": backend.version(),
         "gpu_arch": arch,
         "shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16],
-        "precision": manifest.data["precision"],
+        "precision": manifest.precision,
         "flags": _sha256_json({**options.flags(), **backend.build_flags()})[:16],
     })
 
@@ -83,9 +85,9 @@ class EngineCache:
         self.manifest, self.backend = manifest, backend
         self.root = manifest.root / "engines" / backend.name
 
-    def path(self, segment: dict, arch: str) -> Path:
+    def path(self, segment: Segment, arch: str) -> Path:
         tag = "sm" + arch.replace(".", "") if arch[0].isdigit() else arch  # "any", or ORT's "cpu" / "cuda"
-        return self.root / f"{segment['name']}.{tag}{self.backend.capabilities().engine_suffix}"
+        return self.root / f"{segment.name}.{tag}{self.backend.capabilities().engine_suffix}"
 
     @staticmethod
     def meta_path(engine: Path) -> Path:
@@ -103,13 +105,13 @@ class EngineCache:
             return False
         return meta["key"] == key.digest
 
-    def write(self, engine: Path, data: bytes, key: EngineKey, io: list[TensorInfo], segment: dict,
+    def write(self, engine: Path, data: bytes, key: EngineKey, io: list[TensorInfo], segment: Segment,
               stripped: bool = False, weights: list | None = None) -> None:
         """Store `data` at `engine` and its metadata beside it, atomically (module docstring). `stripped`: the
         engine holds no weights and is refitted from the segment's graph when loaded."""
         engine.parent.mkdir(parents=True, exist_ok=True)
         self.meta_path(engine).unlink(missing_ok=True)
-        meta = {"format": FORMAT, "version": VERSION, "segment": segment["name"], "key": key.digest,
+        meta = {"format": FORMAT, "version": VERSION, "segment": segment.name, "key": key.digest,
                 "fields": key.fields, "stripped": stripped, "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "io": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "is_input": t.is_input} for t in io],
@@ -117,11 +119,11 @@ class EngineCache:
         _atomic_write(engine, data)
         _atomic_write(self.meta_path(engine), json.dumps(meta, indent=1).encode())
 
-    def verify(self, segment: dict, arch: str) -> tuple[Path, dict]:
+    def verify(self, segment: Segment, arch: str) -> tuple[Path, dict]:
         """The engine of `segment` for `arch` and its metadata, after checking key fields, size and checksum."""
         engine = self.path(segment, arch)
         meta = self._read_meta(engine)
-        expected = engine_key(self.manifest, segment, self.backend, arch, BuildOptions())
+        expected = engine_key(self.manifest, segment, self.backend, arch, self.backend.build_options())
         differences = expected.differences(meta.get("fields", {}), LOAD_FIELDS)
         if differences:
             raise EngineMismatchError(
@@ -130,16 +132,16 @@ class EngineCache:
         self._check_file(engine, meta)
         return engine, meta
 
-    def load(self, segment: dict, device: int | None, stream: int | None = None, cuda_graph: bool = False,
-             weights=None) -> Session:
-        """Verify, then load the engine of `segment` on `device` (None: CPU) through the backend. `weights`: the
-        rank's `Backend.shared_weight_store`, handed the weights this engine reads (its metadata lists them)."""
-        engine, meta = self.verify(segment, self.backend.device_arch(device))
+    def load(self, segment: Segment, options: LoadOptions = LoadOptions(), weights=None) -> Session:
+        """Verify, then load the engine of `segment` through the backend (`weights_dir`, `refit_from` and
+        `shared_weights` are filled in here). `weights`: the rank's `Backend.shared_weight_store`, handed the
+        weights this engine reads (its metadata lists them)."""
+        engine, meta = self.verify(segment, self.backend.device_arch(options.device))
         graph = self.manifest.graph_path(segment)
         refs = [WeightRef.from_json(r) for r in meta.get("weights", [])]
-        return self.backend.load(engine, device, weights_dir=graph.parent, stream=stream,
-                                 graph_path=graph if meta.get("stripped") else None, cuda_graph=cuda_graph,
-                                 shared_weights=(weights, refs) if weights is not None and refs else None)
+        return self.backend.load(engine, replace(
+            options, weights_dir=graph.parent, refit_from=graph if meta.get("stripped") else None,
+            shared_weights=(weights, refs) if weights is not None and refs else None))
 
     def _read_meta(self, engine: Path) -> dict:
         meta_path = self.meta_path(engine)

@@ -17,13 +17,15 @@ import importlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from trt_distri.engines.backend import Backend, BackendCapabilities, BuildOptions, Session, TensorInfo
+from trt_distri.engines.backend import (Backend, BackendBuildOptions, BackendCapabilities, LoadOptions, Session,
+                                        TensorInfo)
 from trt_distri.engines.ort_weights import SharedWeights, WeightRef, engine_weights, sharing_enabled
 from trt_distri.errors import ConfigError, EngineBuildError, EngineRunError, MissingPackageError
 
@@ -57,8 +59,6 @@ def _register_arena(ort: ModuleType, device: int) -> bool:
             ort.create_and_register_allocator_v2("CUDAExecutionProvider", info, {"device_id": str(device)}, arena)
             _SHARED_ARENAS[device] = True
         except Exception as exc:  # noqa: BLE001 - an older onnxruntime: fall back to per-session arenas
-            import logging
-
             logging.getLogger(__name__).warning("no shared CUDA arena on GPU %d (%s); each session keeps its own",
                                                 device, exc)
             _SHARED_ARENAS[device] = False
@@ -202,6 +202,11 @@ def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = Fa
     return options
 
 
+@dataclass(frozen=True)
+class OrtBuildOptions(BackendBuildOptions):
+    """ONNX Runtime's build settings: none yet (its build rewrites attention, always)."""
+
+
 class OnnxRuntimeBackend(Backend):
     name = "ort"
     label = "ONNX Runtime"
@@ -212,7 +217,7 @@ class OnnxRuntimeBackend(Backend):
 
     def capabilities(self) -> BackendCapabilities:
         return BackendCapabilities(builds_without_gpu=True, runs_without_gpu=True, device_specific=False,
-                                   stream_at_load=True, engine_suffix=".onnx")
+                                   engine_suffix=".onnx", runs_onnx=True, supports_cuda_graph=True)
 
     def portable_archs(self) -> tuple[str, ...]:
         """One engine per provider: the CUDA one uses fused kernels that ORT's CPU provider lacks."""
@@ -226,9 +231,17 @@ class OnnxRuntimeBackend(Backend):
 
         return {"passes": os.environ.get(PASSES_ENV, "all")}
 
-    def build(self, graph_path: Path, options: BuildOptions, arch: str = "cpu") -> tuple[bytes, list[TensorInfo]]:
+    def build_options(self, cache_dir: Path | None = None, **settings: object) -> OrtBuildOptions:
+        """ONNX Runtime has no builder settings: TensorRT's (`settings`) are ignored, with a warning."""
+        ignored = sorted(k for k, v in settings.items() if v not in (None, False))
+        if ignored:
+            logging.getLogger(__name__).warning("%s ignores the TensorRT build settings %s", self.label, ignored)
+        return OrtBuildOptions()
+
+    def build(self, graph_path: Path, options: BackendBuildOptions,
+              arch: str = "cpu") -> tuple[bytes, list[TensorInfo]]:
         """The graph with attention rewritten and UNet chains put on fused kernels for `arch` ("cpu" or
-        "cuda"; engines/ort_fusions.py); weights stay external. `options` are TensorRT's and ignored."""
+        "cuda"; engines/ort_fusions.py); weights stay external."""
         onnx = _import("onnx", "onnx")
         try:
             model = onnx.load(str(graph_path), load_external_data=False)
@@ -252,12 +265,10 @@ class OnnxRuntimeBackend(Backend):
         onnx = _import("onnx", "onnx")
         return engine_weights(onnx.load_from_string(engine))
 
-    def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False, shared_weights: tuple[SharedWeights, list[WeightRef]] | None = None) -> Session:
-        if cuda_graph and device is None:
-            raise ConfigError("CUDA-graph replay needs a CUDA device. Note: expected a device index, got None (the "
-                              "CPU). Fix: drop --cuda-graph on the CPU")
+    def load(self, engine_path: Path, options: LoadOptions) -> Session:
+        self.check_load(options)
+        device, stream, weights_dir = options.device, options.stream, options.weights_dir
+        cuda_graph, transient, shared_weights = options.cuda_graph, options.transient, options.shared_weights
         ort = _import("onnxruntime", "onnxruntime-gpu" if device is not None else "onnxruntime")
         options = ort.SessionOptions()
         if weights_dir is not None:

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from trt_distri.engines.backend import Backend, BackendCapabilities, BuildOptions, Session, TensorInfo
+from trt_distri.engines.backend import Backend, BackendCapabilities, LoadOptions, Session, TensorInfo
 from trt_distri.engines.capabilities import Capabilities, capabilities, import_trt
-from trt_distri.engines.trt import build_engine_with_io, engine_io, make_logger
-from trt_distri.errors import ConfigError, EngineBuildError, MissingPackageError
+from trt_distri.engines.trt import BuildOptions, build_engine_with_io, engine_io, make_logger
+from trt_distri.errors import EngineBuildError, MissingPackageError
 
 
 def _cudart() -> ModuleType:
@@ -96,22 +96,20 @@ class TensorRTBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         caps = self._caps()
         return BackendCapabilities(builds_without_gpu=caps.builds_without_gpu, runs_without_gpu=False,
-                                   device_specific=not caps.portable_engines, stream_at_load=False,
-                                   engine_suffix=".engine")
+                                   device_specific=not caps.portable_engines, engine_suffix=".engine",
+                                   runs_onnx=False, supports_cuda_graph=False)
+
+    def build_options(self, cache_dir: Path | None = None, **settings: object) -> BuildOptions:
+        timing_cache = None if cache_dir is None else Path(cache_dir) / "timing.cache"
+        return BuildOptions(timing_cache=timing_cache, **settings)
 
     def build(self, graph_path: Path, options: BuildOptions, arch: str = "any") -> tuple[bytes, list[TensorInfo]]:
         return build_engine_with_io(graph_path, self.name, options)
 
-    def load(self, engine_path: Path, device: int | None, *, weights_dir: Path | None = None,
-             stream: int | None = None, graph_path: Path | None = None, cuda_graph: bool = False,
-             transient: bool = False, shared_weights=None) -> Session:
-        # `transient` needs nothing here: an engine and its context free their memory when they are dropped
-        if cuda_graph:
-            raise ConfigError(f"CUDA-graph replay is not available with {self.label} engines yet. Note: expected "
-                              "cuda_graph=False. Fix: drop --cuda-graph, or use --backend ort")
-        if device is None:
-            raise ConfigError(f"{self.label} engines run only on a CUDA GPU. Note: expected a device index, got "
-                              "None. Fix: pass device=<GPU index>, or use --backend ort on this machine")
+    def load(self, engine_path: Path, options: LoadOptions) -> Session:
+        # `stream`: TensorRT takes each run's; `transient`: an engine and its context free their memory when dropped
+        self.check_load(options)
+        device, graph_path = options.device, options.refit_from
         trt, caps = import_trt(self.name), self._caps()
         _check(_cudart().cudaSetDevice(device))
         logger = make_logger(trt)

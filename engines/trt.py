@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from trt_distri.engines.backend import BackendBuildOptions, TensorInfo
 from trt_distri.engines.capabilities import Capabilities, import_trt, probe_capabilities
-from trt_distri.errors import ConfigError, EngineBuildError, ManifestError
+from trt_distri.errors import ConfigError, EngineBuildError
 
 __all__ = ["BuildOptions", "Capabilities", "TensorInfo", "build_engine", "build_engine_with_io",
-           "check_io_against_manifest", "engine_io", "import_trt", "inspect_engine", "make_logger"]
+           "engine_io", "import_trt", "inspect_engine", "make_logger"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ _NO_FUSED_ATTENTION = "Attention operation was not supported by a dedicated kern
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    """Builder settings. None leaves TensorRT's default."""
+class BuildOptions(BackendBuildOptions):
+    """TensorRT's builder settings. None leaves TensorRT's default."""
 
     optimization_level: int | None = None
     workspace_bytes: int | None = None
@@ -54,15 +55,9 @@ class BuildOptions:
                 "strongly_typed": self.strongly_typed, "decomposable_attention": self.decomposable_attention,
                 "refittable": self.refittable, "strip_weights": self.strip_weights}
 
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One engine or network I/O tensor: dtype is the numpy name ("float16"); -1 marks a dynamic dimension."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    is_input: bool
+    @property
+    def strips_weights(self) -> bool:
+        return self.strip_weights
 
 
 def make_logger(trt: ModuleType) -> Any:
@@ -231,30 +226,3 @@ def engine_io(trt: ModuleType, engine: Any) -> list[TensorInfo]:
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     return [TensorInfo(n, tuple(engine.get_tensor_shape(n)), _numpy_name(trt, engine.get_tensor_dtype(n)),
                        engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT) for n in names]
-
-
-def _mismatches(infos: list[TensorInfo], segment: dict) -> list[str]:
-    got = {info.name: info for info in infos}
-    expected = {e["name"]: (e, True) for e in segment.get("inputs", [])}
-    expected.update({e["name"]: (e, False) for e in segment.get("outputs", [])})
-    problems = [f"{name!r} missing from the engine" for name in expected if name not in got]
-    problems += [f"{name!r} unexpected in the engine" for name in got if name not in expected]
-    for name, (entry, is_input) in expected.items():
-        info = got.get(name)
-        if info is None:
-            continue
-        want = {"direction": "input" if is_input else "output", "shape": tuple(entry["shape"]),
-                "dtype": entry["dtype"]}
-        have = {"direction": "input" if info.is_input else "output", "shape": info.shape, "dtype": info.dtype}
-        problems += [f"{name!r} {k}: expected {want[k]}, got {have[k]}" for k in want if want[k] != have[k]]
-    return problems
-
-
-def check_io_against_manifest(infos: list[TensorInfo], segment: dict) -> None:
-    """Raise ManifestError listing every difference between an engine's I/O and a manifest segment's."""
-    problems = _mismatches(infos, segment)
-    if problems:
-        raise ManifestError(
-            f"engine I/O does not match manifest segment {segment.get('name', '?')!r} ({len(problems)} "
-            f"mismatches): {'; '.join(problems)}. Note: expected the segment's inputs/outputs exactly. "
-            f"Fix: rebuild the engine from this segment's graph ({segment.get('file', '?')}), or export again")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from trt_distri.config import TEXT_LEN
+
 log = logging.getLogger(__name__)
 OPSET = 18
 
@@ -44,7 +46,7 @@ class _VaeDecoder(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
-def export_text_encoder(encoder, path: Path, sdxl: bool, pooled: bool, text_len: int = 77) -> dict:
+def export_text_encoder(encoder, path: Path, sdxl: bool, pooled: bool, text_len: int = TEXT_LEN) -> dict:
     """Write the encoder's graph to `path`; return its manifest entry (file relative to the work directory)."""
     module = _TextEncoder(encoder.float().eval(), penultimate=sdxl, pooled=pooled)
     ids = torch.zeros(1, text_len, dtype=torch.int64)

@@ -16,18 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.config import ExportRequest, GNMode, Precision
+from trt_distri.config import TEXT_LEN, ExportRequest, GNMode, Precision
 from trt_distri.errors import ConfigError
 from trt_distri.export.graph_io import save_model, to_model, write_weights
-from trt_distri.export.manifest import FORMAT, MANIFEST_FILE, VERSION, Manifest, exchange_layout, exchange_range
 from trt_distri.export.partition import partition
 from trt_distri.export.plan import PatchPlan, make_plan
 from trt_distri.export.step_graph import step_graph
 from trt_distri.export.unet_graph import RankGraph
+from trt_distri.manifest import (FORMAT, MANIFEST_FILE, VERSION, Manifest, Role, exchange_layout,
+                                 exchange_range)
 
 log = logging.getLogger(__name__)
 GRAPHS = "graphs"
 WARMUP_CUTS = {"block", "latent-halo", "halo", "kv", "gn"}
+CONDITIONING_ROLES = {Role.ENCODER_HIDDEN_STATES, Role.TEXT_EMBEDS, Role.TIME_IDS}
 SMALL_PATCH_PIXELS = 512 * 1024  # below this per GPU, patches measured at most 1.07x one GPU (benchmarks/results)
 
 
@@ -53,14 +55,14 @@ def export_unet(request: ExportRequest, unet=None) -> Path:
     (tmp / GRAPHS).mkdir(parents=True)
     try:
         start = time.perf_counter()
-        manifest = _write(request, unet, plan, tmp)
-        manifest["export_seconds"] = round(time.perf_counter() - start, 2)
-        Manifest(tmp, manifest).save()
+        data = _write(request, unet, plan, tmp)
+        data["export_seconds"] = round(time.perf_counter() - start, 2)
+        manifest = Manifest.from_json(tmp, data)  # what the runtime will read, checked before it is written
+        manifest.save()
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %d graphs to %s in %.1f s", sum(len(s) for s in manifest["graph_sets"].values()), out,
-             manifest["export_seconds"])
+    log.info("exported %d graphs to %s in %.1f s", len(manifest.unet_segments()), out, manifest.export_seconds)
     return out / MANIFEST_FILE
 
 
@@ -82,7 +84,7 @@ def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:
     weights: dict = {}
     emitted = {}
     for set_name, formula in (("warmup", "exact"), ("steady", gn_formula(request.gn_mode))):
-        graph = RankGraph(unet, plan, request.batch, dtype, formula, weights=weights, warmup=set_name == "warmup")
+        graph = RankGraph(unet, plan, request.batch, dtype, formula, TEXT_LEN, weights, warmup=set_name == "warmup")
         emitted[set_name] = graph.emit()
     layout = exchange_layout([{"name": v.name, **emitted["warmup"].roles[v.name], "shape": list(v.shape),
                                "dtype": str(v.dtype)} for v in emitted["warmup"].outputs])
@@ -98,9 +100,16 @@ def _write(request: ExportRequest, unet, plan: PatchPlan, root: Path) -> dict:
         "format": FORMAT, "version": VERSION, "model": _model_summary(request, unet),
         "precision": request.precision.value, "gn_mode": request.gn_mode.value, "batch": request.batch,
         "guidance": request.guidance, "cfg_split": request.patch_devices != request.gpus, "gpus": request.gpus,
-        "text_len": 77, "plan": plan.to_json(), "exchange": layout, "graph_sets": sets,
+        "plan": plan.to_json(), "conditioning": _conditioning(emitted["warmup"]), "exchange": layout, "graph_sets": sets,
         "weights": {**weights_info, "file": f"{GRAPHS}/{weights_info['file']}"},
     }
+
+
+def _conditioning(builder) -> dict:
+    """The UNet's prompt-dependent inputs and the shape of one guidance branch's row of each."""
+    inputs = [{"name": v.name, "shape": [int(d) for d in v.shape[1:]]} for v in builder.inputs
+              if builder.roles[v.name]["role"] in CONDITIONING_ROLES]
+    return {"text_len": TEXT_LEN, "inputs": inputs}
 
 
 def _write_segment(seg, offsets, layout: dict, root: Path) -> dict:

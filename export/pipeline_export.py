@@ -20,7 +20,8 @@ from trt_distri.config import ExportRequest, Precision
 from trt_distri.errors import ConfigError
 from trt_distri.export.encoders import export_text_encoder, export_vae_decoder
 from trt_distri.export.exporter import replace_dir, export_unet
-from trt_distri.export.manifest import MANIFEST_FILE, Manifest
+from trt_distri.manifest import MANIFEST_FILE, Manifest
+from trt_distri.typed_json import encode
 
 log = logging.getLogger(__name__)
 ENCODERS = "encoders"
@@ -39,10 +40,9 @@ def export_pipeline(request: ExportRequest, pipeline=None) -> Path:
         start = time.perf_counter()
         unet = pipeline.unet.half() if request.precision == Precision.FP16 else pipeline.unet.float()
         export_unet(dataclasses.replace(request, out_dir=tmp, overwrite=False), unet=unet)
-        manifest = Manifest.load(tmp)
-        manifest.data.update(_write_parts(pipeline, tmp))
-        manifest.data["pipeline_export_seconds"] = round(time.perf_counter() - start, 2)
-        manifest.save()
+        data = {**encode(Manifest.load(tmp)), **_write_parts(pipeline, tmp),
+                "pipeline_export_seconds": round(time.perf_counter() - start, 2)}
+        Manifest.from_json(tmp, data).save()
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

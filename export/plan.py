@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trt_distri.errors import ConfigError, UnsplittableError
+from trt_distri.manifest import Plan
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,6 @@ class PatchPlan:
     def level_width(self, level: int) -> int:
         return self.latent_width >> level
 
-    def rows(self, rank: int, level: int = 0) -> tuple[int, int]:
-        """[start, stop) rows of `rank` at `level`."""
-        if not 0 <= rank < self.devices:
-            raise ConfigError(f"rank {rank} is outside the plan. Note: expected 0 <= rank < {self.devices}")
-        n = self.level_rows(level)
-        return rank * n, (rank + 1) * n
-
     def to_json(self) -> dict:
         return {
             "height": self.height, "width": self.width, "vae_scale": self.vae_scale, "devices": self.devices,
@@ -51,8 +45,8 @@ class PatchPlan:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "PatchPlan":
-        return cls(data["height"], data["width"], data["vae_scale"], data["devices"], data["num_downsamples"])
+    def from_manifest(cls, plan: Plan) -> "PatchPlan":
+        return cls(plan.height, plan.width, plan.vae_scale, plan.devices, plan.num_downsamples)
 
 
 def num_downsamples(unet_config) -> int:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trt_distri.errors import ConfigError
-from trt_distri.export.manifest import Manifest
 from trt_distri.export.plan import PatchPlan
 from trt_distri.export.unet_check import check_call
+from trt_distri.manifest import Manifest, Role, Segment, TensorSpec
 
 
 @dataclass
@@ -30,8 +30,8 @@ class Simulator:
     def __init__(self, workdir, providers=("CPUExecutionProvider",)):
         self.manifest = Manifest.load(workdir)
         self.n = self.manifest.devices
-        self.bytes = self.manifest.data["exchange"]["bytes"]
-        self.entries = {e["name"]: e for e in self.manifest.data["exchange"]["entries"]}
+        self.bytes = self.manifest.exchange.bytes
+        self.entries = self.manifest.exchange.by_name()
         self.providers = list(providers)
         self._sessions: dict[str, object] = {}
         self.ranks = [_Rank(np.zeros(self.bytes, np.uint8), np.zeros(self.n * self.bytes, np.uint8))
@@ -40,7 +40,7 @@ class Simulator:
 
     @property
     def plan(self) -> PatchPlan:
-        return PatchPlan.from_json(self.manifest.data["plan"])
+        return PatchPlan.from_manifest(self.manifest.plan)
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, *, sync: bool,
                  **unet_kwargs) -> np.ndarray:
@@ -63,43 +63,41 @@ class Simulator:
         self.synced = True
         return np.concatenate([rank.values["noise_pred"] for rank in self.ranks], axis=2)
 
-    def _session(self, segment: dict):
+    def _session(self, segment: Segment):
         import onnxruntime as ort
 
-        if segment["name"] not in self._sessions:
+        if segment.name not in self._sessions:
             path = str(self.manifest.graph_path(segment))
             options = ort.SessionOptions()
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # many small sessions
-            self._sessions[segment["name"]] = ort.InferenceSession(path, options, providers=self.providers)
-        return self._sessions[segment["name"]]
+            self._sessions[segment.name] = ort.InferenceSession(path, options, providers=self.providers)
+        return self._sessions[segment.name]
 
-    def _run(self, segment: dict, r: int) -> None:
+    def _run(self, segment: Segment, r: int) -> None:
         rank = self.ranks[r]
-        feeds = {i["name"]: self._stale(i, r) if i["role"] == "stale" else rank.values[i["name"]]
-                 for i in segment["inputs"]}
-        outs = self._session(segment).run([o["name"] for o in segment["outputs"]], feeds)
-        for spec, value in zip(segment["outputs"], outs):
-            if spec["role"] == "fresh":
-                entry = self.entries[spec["name"]]
-                rank.area[entry["offset"]:entry["offset"] + entry["nbytes"]] = np.ascontiguousarray(value).view(
-                    np.uint8).ravel()
+        feeds = {i.name: self._stale(i, r) if i.role == Role.STALE else rank.values[i.name] for i in segment.inputs}
+        outs = self._session(segment).run([o.name for o in segment.outputs], feeds)
+        for spec, value in zip(segment.outputs, outs):
+            if spec.role == Role.FRESH:
+                entry = self.entries[spec.name]
+                rank.area[entry.offset:entry.offset + entry.nbytes] = np.ascontiguousarray(value).view(np.uint8).ravel()
             else:
-                rank.values[spec["name"]] = value
+                rank.values[spec.name] = value
 
-    def _stale(self, spec: dict, r: int) -> np.ndarray:
-        src = spec["source"]
-        entry = self.entries[src["entry"]]
-        slot = r + src["peer"]
-        if src["wrap"]:
+    def _stale(self, spec: TensorSpec, r: int) -> np.ndarray:
+        src = spec.source
+        entry = self.entries[src.entry]
+        slot = r + src.peer
+        if src.wrap:
             slot %= self.n
         elif not 0 <= slot < self.n:
-            return np.zeros(spec["shape"], spec["dtype"])
-        start = slot * self.bytes + entry["offset"]
-        raw = self.ranks[r].gathered[start:start + entry["nbytes"]]
-        return raw.view(entry["dtype"]).reshape(entry["shape"])
+            return np.zeros(spec.shape, spec.dtype)
+        start = slot * self.bytes + entry.offset
+        raw = self.ranks[r].gathered[start:start + entry.nbytes]
+        return raw.view(entry.dtype).reshape(entry.shape)
 
-    def _exchange(self, segment: dict) -> None:
-        start, stop = segment["exchange_range"]
+    def _exchange(self, segment: Segment) -> None:
+        start, stop = segment.exchange_range
         if start == stop:
             return
         for j, src in enumerate(self.ranks):

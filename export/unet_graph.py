@@ -13,6 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import torch
 
+from trt_distri.config import TEXT_LEN
 from trt_distri.export.onnx_builder import Builder
 from trt_distri.export.plan import PatchPlan
 from trt_distri.export.unet_check import check_supported
@@ -27,7 +28,7 @@ class RankGraph:
     """Emits the graph of one patch; `gn_formula` picks how GroupNorm combines statistics across ranks."""
 
     def __init__(self, unet, plan: PatchPlan, batch: int, dtype: np.dtype, gn_formula: str,
-                 text_len: int = 77, weights: dict | None = None, warmup: bool = False):
+                 text_len: int = TEXT_LEN, weights: dict | None = None, warmup: bool = False):
         check_supported(unet)
         self.unet, self.plan, self.batch, self.n = unet, plan, batch, plan.devices
         self.gn_formula = gn_formula

@@ -37,9 +37,6 @@ class Communicator(abc.ABC):
     def swap_with_partner(self, src: int, dst: int, nbytes: int, stream: int) -> None:
         """Send src to the partner rank and receive the partner's into dst (guidance split only)."""
 
-    def abort(self, reason: str) -> None:
-        """Make every rank blocked in (or entering) a call fail with RankFailedError."""
-
     def close(self) -> None:
         """Release resources."""
 
@@ -101,6 +98,3 @@ class LocalComm(Communicator):
         partner = (self.world_rank + self.size) % (2 * self.size)
         self.device.copy(dst, posted[partner][0], nbytes)
         self.shared.sync()
-
-    def abort(self, reason: str) -> None:
-        self.shared.abort(reason)

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trt_distri.engines.backend import get_backend
+from trt_distri.manifest import Manifest, Segment, TensorSpec, nbytes
 from trt_distri.runtime.comm import Communicator
-from trt_distri.export.manifest import nbytes
 from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
 from trt_distri.schedule import LinearSchedule
 
@@ -29,13 +30,8 @@ LOAD_THREADS = int(os.environ.get("TRT_DISTRI_LOAD_THREADS", str(min(8, os.cpu_c
 WARM_AT_LOAD = os.environ.get("TRT_DISTRI_WARM_AT_LOAD", "1") != "0"
 
 
-@dataclass
-class Conditioning:
-    """Per-call model inputs of this rank's UNet batch (fp32): see the manifest's model-input roles."""
-
-    encoder_hidden_states: np.ndarray
-    text_embeds: np.ndarray | None = None
-    time_ids: np.ndarray | None = None
+#: Per-call model inputs of this rank's UNet batch (fp32), by graph input name: the manifest's `conditioning`.
+Conditioning = dict[str, np.ndarray]
 
 
 @dataclass
@@ -50,11 +46,13 @@ class RunOptions:
 
 
 def uses_cuda_graph(option: bool | None, backend: str, reused: bool) -> bool:
-    """Whether a GPU rank's UNet sessions replay CUDA graphs: as asked; by default, with ONNX Runtime where the
-    loaded ranks generate more than once (`reused`), and not with TensorRT (its backend here refuses them).
-    Measured at 1024 on 2 GPUs (docs/benchmarks.md): warm steps with graphs make 1.45x one GPU against 0.99x,
-    0.7-0.9 s less per 30-step image, but capture adds about 2 s to the first image of a process."""
-    return (backend == "ort" and reused) if option is None else option
+    """Whether a GPU rank's UNet sessions replay CUDA graphs: as asked; by default, where the loaded ranks generate
+    more than once (`reused`) and the backend `supports_cuda_graph` (ONNX Runtime; TensorRT here refuses them).
+    Measured with ONNX Runtime at 1024 on 2 GPUs (docs/benchmarks.md): warm steps with graphs make 1.45x one GPU
+    against 0.99x, 0.7-0.9 s less per 30-step image, but capture adds about 2 s to the first image of a process."""
+    if option is not None:
+        return option
+    return reused and get_backend(backend).capabilities().supports_cuda_graph
 
 
 @dataclass
@@ -69,14 +67,15 @@ class StepTimes:
                 "sync_steps": len(self.sync_ms), "async_steps": len(self.async_ms)}
 
 
-def _open_all(open_session, segments: list[dict], stream: int, prepare: Callable[[dict, object], None]) -> list:
+def _open_all(open_session, segments: list[Segment], stream: int,
+              prepare: Callable[[Segment, object], None]) -> list:
     """Open every segment's session, several at a time: session creation (graph parsing, kernel selection, weight
     upload) is mostly native code, and an SDXL work directory has about 140 sessions per rank. `prepare(segment,
     session)` runs in the loading thread right after (binding, and on a GPU one run whose first-run setup then
     overlaps the other sessions' loading instead of adding to the first step)."""
     workers = max(1, min(LOAD_THREADS, len(segments)))
 
-    def load(segment: dict):
+    def load(segment: Segment):
         session = open_session(segment, stream)
         prepare(segment, session)
         return session
@@ -88,9 +87,9 @@ def _open_all(open_session, segments: list[dict], stream: int, prepare: Callable
 class RankExecutor:
     """Runs the work directory's graphs for one rank; `device` is runtime.host.HostDevice or a CUDA device."""
 
-    def __init__(self, manifest: dict, layout: RankLayout, open_session, device, comm: Communicator,
+    def __init__(self, manifest: Manifest, layout: RankLayout, open_session, device, comm: Communicator,
                  options: RunOptions) -> None:
-        """`open_session(segment: dict, stream: int)` loads one graph's session for this rank's device."""
+        """`open_session(segment: Segment, stream: int)` loads one graph's session for this rank's device."""
         self.m, self.layout, self.dev, self.comm, self.opt = manifest, layout, device, comm, options
         self.compute, self.comm_stream = device.stream(), device.stream()
         self.memory = {"context": device.memory_used()}
@@ -98,19 +97,19 @@ class RankExecutor:
         for name in ("zeros", "area", "gathered", "own"):
             device.memset(self.ptr[name], 0, layout.buffers[name], self.compute)
         self.memory["buffers"] = device.memory_used() - self.memory["context"]
-        segments = [s for segs in manifest["graph_sets"].values() for s in segs]
+        segments = manifest.unet_segments()
         slots = {seg.name: self._unet_slots(seg) for plans in layout.sets.values() for seg in plans}
         slots["step"] = self._step_slots()
         warm = WARM_AT_LOAD and device.kind == "cuda"
 
-        def prepare(segment: dict, session) -> None:
-            self._bind(session, slots["step" if segment is manifest["step"] else segment["name"]])
+        def prepare(segment: Segment, session) -> None:
+            self._bind(session, slots["step" if segment is manifest.step else segment.name])
             if warm:
                 session.run_async(self.compute)
 
-        opened = _open_all(open_session, segments + [manifest["step"]], self.compute, prepare)
+        opened = _open_all(open_session, segments + [manifest.step], self.compute, prepare)
         device.synchronize(self.compute)
-        self.sessions = {s["name"]: session for s, session in zip(segments, opened)}
+        self.sessions = {s.name: session for s, session in zip(segments, opened)}
         self.sessions["step"] = opened[-1]
         self.memory["sessions"] = device.memory_used() - self.memory["context"] - self.memory["buffers"]
         store = getattr(open_session, "weights", None)  # the rank's one copy of the weights, where shared
@@ -118,17 +117,17 @@ class RankExecutor:
         self.exchanged: dict[tuple[str, int], object] = {}
         self.times = StepTimes()
         self._events: list[tuple[bool, object, object]] = []
-        self._latent_bytes = nbytes(self._step_input("latents")["shape"], "float32")
+        self._latent_bytes = nbytes(self._step_input("latents").shape, "float32")
 
-    def _step_input(self, name: str) -> dict:
-        return next(i for i in self.m["step"]["inputs"] if i["name"] == name)
+    def _step_input(self, name: str) -> TensorSpec:
+        return self.m.step.input(name)
 
     # ---- memory ---------------------------------------------------------------------------------------------
     def _buffer_sizes(self) -> dict[str, int]:
         sizes = dict(self.layout.buffers)
-        latent = nbytes(self._step_input("latents")["shape"], "float32")
+        latent = nbytes(self._step_input("latents").shape, "float32")
         sizes.update({k: latent for k in ("latents", "latents_prev", "eps_prev", "latents_next", "eps")})
-        sizes["guided_noise"] = nbytes(self._step_input("noise_pred")["shape"], "float32")
+        sizes["guided_noise"] = nbytes(self._step_input("noise_pred").shape, "float32")
         sizes["coef_table"] = 6 * 4 * 1024
         sizes["timestep_table"] = 4 * 1024
         return sizes
@@ -194,10 +193,8 @@ class RankExecutor:
         self.dev.upload(self.ptr["coef_table"], np.asarray(coef, np.float32), self.compute)
         self.dev.upload(self.ptr["timestep_table"], np.asarray([s.timestep for s in steps], np.float32),
                         self.compute)
-        for name, value in (("encoder_hidden_states", cond.encoder_hidden_states), ("text_embeds", cond.text_embeds),
-                            ("time_ids", cond.time_ids)):
-            if name in self.ptr:
-                self.dev.upload(self.ptr[name], np.ascontiguousarray(value, np.float32), self.compute)
+        for name, value in cond.items():
+            self.dev.upload(self.ptr[name], np.ascontiguousarray(value, np.float32), self.compute)
 
     def _unet(self, set_name: str, i: int) -> None:
         for seg in self.layout.sets[set_name]:

@@ -1,7 +1,6 @@
 """The GPU path: one process per GPU (runtime.launch), CUDA memory and streams (runtime.cuda), NCCL (runtime.nccl)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -9,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_distri.engines.backend import DEFAULT_BACKEND
+from trt_distri.errors import ConfigError, InvalidArgumentError
+from trt_distri.manifest import Manifest
 from trt_distri.runtime.cuda import CudaDevice
 from trt_distri.runtime.executor import RankExecutor, RunOptions, uses_cuda_graph
 from trt_distri.runtime.generation import GenerationInputs, Topology, rank_inputs
-from trt_distri.runtime.launch import RankPool, WorkerSpec
+from trt_distri.runtime.launch import RankPool, WorkerSpec, launcher_local_rank
 from trt_distri.runtime.layout import RankLayout
 from trt_distri.runtime.nccl import NcclComm, NcclLibrary
 from trt_distri.runtime.sessions import session_opener
@@ -46,13 +48,13 @@ class RankServer:
     def __init__(self, spec: WorkerSpec) -> None:
         p = spec.payload
         start = time.perf_counter()
-        self.data = json.loads((Path(p["workdir"]) / "manifest.json").read_text())
-        topo = Topology.from_manifest(self.data)
+        self.manifest = Manifest.load(p["workdir"])
+        topo = Topology.from_manifest(self.manifest)
         group, rank = topo.place(spec.world_rank)
         self.world_rank, self.device = spec.world_rank, self.open_device(spec.device)
         self.comm = self.join(p["ids"], group, rank, topo)
-        opener = self.session_opener(Path(p["workdir"]), p["backend"], spec.device, p["cuda_graph"])
-        self.executor = RankExecutor(self.data, RankLayout.from_manifest(self.data, rank), opener, self.device,
+        opener = self.session_opener(self.manifest, p["backend"], spec.device, p["cuda_graph"])
+        self.executor = RankExecutor(self.manifest, RankLayout.from_manifest(self.manifest, rank), opener, self.device,
                                      self.comm, RunOptions(group=group, split=topo.groups == 2))
         self.load_s = round(time.perf_counter() - start, 2)  # reported by the first request only
 
@@ -63,13 +65,13 @@ class RankServer:
         return NcclComm(NcclLibrary(), self.device, ids[group], rank, topo.devices, ids[-1], self.world_rank,
                         topo.world)
 
-    def session_opener(self, workdir: Path, backend: str, index: int, cuda_graph: bool):
-        return session_opener(workdir, backend, index, cuda_graph=cuda_graph)
+    def session_opener(self, manifest: Manifest, backend: str, index: int, cuda_graph: bool):
+        return session_opener(manifest, backend, index, cuda_graph=cuda_graph)
 
     def __call__(self, request: Request) -> dict:
         opt, ex = request.options, self.executor
         ex.opt.guidance_scale = request.inputs.guidance_scale
-        latents, cond = rank_inputs(request.inputs, self.data, self.world_rank)
+        latents, cond = rank_inputs(request.inputs, self.manifest, self.world_rank)
         runs, outputs = [], {}
         for v in request.variants or [Variant("run", opt.no_comm)]:
             ex.opt.no_comm = v.no_comm
@@ -103,13 +105,10 @@ class GpuRankPool:
 
     serve = staticmethod(serve_rank)
 
-    def __init__(self, workdir: str | Path, gpus: list[int], backend: str = "ort", cuda_graph: bool | None = None,
-                 reused: bool = True, load_timeout_s: float = 1800.0) -> None:
-        data = json.loads((Path(workdir) / "manifest.json").read_text())
-        topo = Topology.from_manifest(data)
+    def __init__(self, workdir: str | Path, gpus: list[int], backend: str = DEFAULT_BACKEND,
+                 cuda_graph: bool | None = None, reused: bool = True, load_timeout_s: float = 1800.0) -> None:
+        topo = Topology.from_manifest(Manifest.load(workdir))
         if len(gpus) != topo.world:
-            from trt_distri.errors import ConfigError
-
             raise ConfigError(f"the work directory is exported for {topo.world} GPUs ({topo.groups} guidance group(s) "
                               f"of {topo.devices}). Note: expected {topo.world} GPUs, got {len(gpus)}. Fix: pass "
                               f"--gpus {topo.world}, or export again with --gpus {len(gpus)}")
@@ -136,7 +135,7 @@ class GpuRankPool:
 
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
-             backend: str = "ort", repeats: int = 1, timeout_s: float = 3600.0,
+             backend: str = DEFAULT_BACKEND, repeats: int = 1, timeout_s: float = 3600.0,
              variants: list[Variant] | None = None) -> tuple[np.ndarray, list[dict]]:
     """Load `workdir` on `gpus`, generate once (`repeats` times per variant), and stop the processes again; see
     GpuRankPool. `options.cuda_graph`: see executor.uses_cuda_graph."""
@@ -148,7 +147,7 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
 
 
 def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, rendezvous: Path,
-                      backend: str = "ort", world_rank: int | None = None,
+                      backend: str = DEFAULT_BACKEND, world_rank: int | None = None,
                       gpu: int | None = None) -> tuple[np.ndarray | None, dict]:
     """This process is one rank of a multi-process launch; NCCL ids meet in the `rendezvous` directory.
     The rank and GPU come from torchrun/srun/mpirun's environment unless given."""
@@ -158,8 +157,7 @@ def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: Ru
         env = launcher_env()
         world_rank = env.world_rank if world_rank is None else world_rank
         gpu = env.local_rank if gpu is None else gpu
-    data = json.loads((Path(workdir) / "manifest.json").read_text())
-    groups = Topology.from_manifest(data).groups
+    groups = Manifest.load(workdir).groups
     ids = rendezvous_ids(rendezvous, world_rank, lambda: [NcclLibrary().unique_id() for _ in range(groups + 1)])
     server = RankServer(WorkerSpec(world_rank, gpu, {"workdir": str(workdir), "backend": backend, "ids": ids,
                                                      "cuda_graph": uses_cuda_graph(options.cuda_graph, backend,
@@ -167,3 +165,46 @@ def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: Ru
     report = server(Request(inputs, replace(options, on_step=None)))
     server.close()
     return report["latents"], report
+
+
+class GpuRanks:
+    """A runtime.generation.Ranks on GPUs: one loaded process per GPU, kept for every generation (rank None), or
+    this process as one rank of a launch (loaded per generation). A generation that fails stops the processes; the
+    next one loads them again."""
+
+    def __init__(self, manifest: Manifest, backend: str, rank: int | None, gpu: int | None,
+                 rendezvous: str | Path | None, cuda_graph: bool | None = None) -> None:
+        self.manifest, self.backend, self.rank = manifest, backend, rank
+        self.topo = Topology.from_manifest(manifest)
+        self.generations, self.aux_device, self.cuda_graph, self.pool = 0, 0, cuda_graph, None
+        if rank is None:
+            self.pool = self._load()
+            return
+        if not 0 <= rank < self.topo.world:
+            raise InvalidArgumentError(f"invalid rank. Note: expected 0..{self.topo.world - 1} (the work "
+                                       f"directory's world), got {rank}")
+        if rendezvous is None:
+            raise ConfigError("a rank of a multi-process launch needs a rendezvous directory that every rank can "
+                              "read. Fix: pass rendezvous (a fresh directory on a shared file system)")
+        self.rendezvous = Path(rendezvous)
+        self.aux_device = gpu if gpu is not None else launcher_local_rank(rank)
+
+    def run(self, inputs: GenerationInputs, options: RunOptions) -> np.ndarray | None:
+        """The final latents; None on ranks other than world rank 0 of a launch."""
+        if self.rank is None:
+            if self.pool is None or not self.pool.open:
+                self.pool = self._load()
+            return self.pool.generate(inputs, options)[0]
+        directory = self.rendezvous / f"generation-{self.generations}"  # every rank counts the same generations
+        self.generations += 1
+        directory.mkdir(parents=True, exist_ok=True)
+        return run_launched_rank(self.manifest.root, inputs, options, directory, self.backend, world_rank=self.rank,
+                                 gpu=self.aux_device)[0]
+
+    def _load(self) -> GpuRankPool:
+        return GpuRankPool(self.manifest.root, list(range(self.topo.world)), self.backend, self.cuda_graph)
+
+    def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()

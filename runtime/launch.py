@@ -19,8 +19,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from trt_distri import log as log_setup
 from trt_distri.errors import ConfigError
 from trt_distri.runtime.comm import RankFailedError
+from trt_distri.runtime.nccl import UNIQUE_ID_BYTES
 
 log = logging.getLogger(__name__)
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0"}  # NVLink multicast off (it can take shared GPUs down)
@@ -55,8 +57,10 @@ class RankPool:
         ctx = mp.get_context("spawn")
         self.specs, self.grace_s = specs, grace_s
         self.results, self.inboxes = ctx.Queue(), [ctx.Queue() for _ in specs]
-        self.procs = [ctx.Process(target=_serve, args=(target, s, inbox, self.results, os.getpid()), daemon=True,
-                                  name=f"trt-distri-rank{s.world_rank}") for s, inbox in zip(specs, self.inboxes)]
+        logs = _log_settings()
+        self.procs = [ctx.Process(target=_serve, args=(target, s, inbox, self.results, os.getpid(), logs),
+                                  daemon=True, name=f"trt-distri-rank{s.world_rank}")
+                      for s, inbox in zip(specs, self.inboxes)]
         for p in self.procs:
             p.start()
         self.ready = self._collect(timeout_s)
@@ -115,9 +119,19 @@ class RankPool:
         self.close()
 
 
-def _serve(target, spec: WorkerSpec, inbox, results, parent: int) -> None:
+def _log_settings() -> bool | None:
+    """How the parent logs, for its workers: None where it installed no trt-distri handler (a library user's own
+    logging setup, which a spawned worker does not inherit), else whether it is verbose."""
+    if not any(getattr(h, "_trt_distri", False) for h in logging.getLogger().handlers):
+        return None
+    return logging.getLogger(log_setup.PACKAGE_LOGGER).isEnabledFor(logging.DEBUG)
+
+
+def _serve(target, spec: WorkerSpec, inbox, results, parent: int, verbose: bool | None = None) -> None:
     os.environ.update(SAFE_ENV)
     os.environ["RANK"] = str(spec.world_rank)
+    if verbose is not None:  # as the parent logs, with this worker's rank in the prefix
+        log_setup.configure(verbose, spec.world_rank)
     try:
         server, ready = target(spec)
         results.put(("ok", spec.world_rank, ready))
@@ -173,11 +187,30 @@ class LauncherEnv:
     local_rank: int
 
 
+#: (rank, size, local rank) variables of torchrun, srun and Open MPI's mpirun: read here and nowhere else.
+_LAUNCHERS = (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"))
+
+
+def launcher_rank(environ=os.environ) -> int | None:
+    """This process's world rank when a launcher started it (any launcher's rank variable is set), else None."""
+    if not any(rank in environ for rank, _, _ in _LAUNCHERS):
+        return None
+    return launcher_env(environ).world_rank
+
+
+def launcher_local_rank(default: int, environ=os.environ) -> int:
+    """This node's GPU index for a rank: the launcher's local rank where one is set, else `default`."""
+    for _, _, local in _LAUNCHERS:
+        if local in environ:
+            return int(environ[local])
+    return default
+
+
 def launcher_env(environ=os.environ) -> LauncherEnv:
     """RANK/WORLD_SIZE/LOCAL_RANK (torchrun), SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun), or Open MPI's."""
-    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-                              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
-                              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")):
+    for rank, size, local in _LAUNCHERS:
         if rank in environ and size in environ:
             return LauncherEnv(int(environ[rank]), int(environ[size]), int(environ.get(local, environ[rank])))
     raise ConfigError("no launcher environment found. Note: expected RANK and WORLD_SIZE (torchrun), SLURM_PROCID "
@@ -201,4 +234,4 @@ def rendezvous_ids(directory: Path, rank: int, make_ids, timeout_s: float = 300.
                                   "rank the same --rendezvous directory on a shared file system")
         time.sleep(0.1)
     data = path.read_bytes()
-    return [data[i:i + 128] for i in range(0, len(data), 128)]
+    return [data[i:i + UNIQUE_ID_BYTES] for i in range(0, len(data), UNIQUE_ID_BYTES)]

@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trt_distri.errors import ConfigError
-from trt_distri.export.manifest import nbytes
-
-_ALIGN = 256
+from trt_distri.manifest import ALIGN, ExchangeEntry, Manifest, Role, Segment, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -49,59 +47,60 @@ class RankLayout:
     activations: dict[str, int] = field(default_factory=dict)  # activation -> offset in the `activations` block
 
     @classmethod
-    def from_manifest(cls, data: dict, rank: int) -> "RankLayout":
-        n = data["plan"]["devices"]
+    def from_manifest(cls, manifest: Manifest, rank: int) -> "RankLayout":
+        n = manifest.devices
         if not 0 <= rank < n:
             raise ConfigError(f"patch rank {rank} does not exist: the work directory splits the image into {n} "
                               f"patch(es). Note: expected a rank in 0..{n - 1}, got {rank}. Fix: pass a rank below {n},"
                               " or export for more GPUs")
-        layout = cls(rank, n, data["exchange"]["bytes"])
-        layout.buffers.update({"area": layout.area_bytes, "gathered": max((n - 1) * layout.area_bytes, _ALIGN)})
-        entries = {e["name"]: e for e in data["exchange"]["entries"]}
-        own = sorted({i["source"]["entry"] for segs in data["graph_sets"].values() for seg in segs
-                      for i in seg["inputs"] if i["role"] == "stale" and i["source"]["peer"] == 0},
-                     key=lambda name: entries[name]["offset"])
-        layout.read_own, layout.buffers["own"] = _pack_in_order([(name, entries[name]["nbytes"]) for name in own])
-        layout.buffers["zeros"] = max([e["nbytes"] for e in entries.values()] + [_ALIGN])
-        layout.activations, layout.buffers["activations"] = pack_activations(data["graph_sets"])
-        for set_name, segments in data["graph_sets"].items():
+        layout = cls(rank, n, manifest.exchange.bytes)
+        layout.buffers.update({"area": layout.area_bytes, "gathered": max((n - 1) * layout.area_bytes, ALIGN)})
+        entries = manifest.exchange.by_name()
+        own = sorted({i.source.entry for seg in manifest.unet_segments() for i in seg.inputs
+                      if i.role == Role.STALE and i.source.peer == 0},
+                     key=lambda name: entries[name].offset)
+        layout.read_own, layout.buffers["own"] = _pack_in_order([(name, entries[name].nbytes) for name in own])
+        layout.buffers["zeros"] = max([e.nbytes for e in entries.values()] + [ALIGN])
+        layout.activations, layout.buffers["activations"] = pack_activations(manifest.graph_sets)
+        for set_name, segments in manifest.graph_sets.items():
             layout.sets[set_name] = [layout._plan(seg, i, segments, entries) for i, seg in enumerate(segments)]
-        layout.step = layout._plan(data["step"], 0, [data["step"]], entries)
+        layout.step = layout._plan(manifest.step, 0, (manifest.step,), entries)
         return layout
 
-    def _plan(self, seg: dict, index: int, segments: list[dict], entries: dict) -> SegmentPlan:
-        producer = {o["name"]: i for i, s in enumerate(segments) for o in s["outputs"] if o["role"] == "fresh"}
+    def _plan(self, seg: Segment, index: int, segments: tuple[Segment, ...],
+              entries: dict[str, ExchangeEntry]) -> SegmentPlan:
+        producer = {o.name: i for i, s in enumerate(segments) for o in s.outputs if o.role == Role.FRESH}
         slots, waits = {}, set()
-        for spec in seg["inputs"] + seg["outputs"]:
-            self.shapes[spec["name"]] = (spec["shape"], spec["dtype"])
-            if spec["role"] == "stale":
-                slots[spec["name"]] = self._stale_slot(spec, entries)
-                if spec["source"]["entry"] in producer:
-                    waits.add(producer[spec["source"]["entry"]])
-            elif spec["role"] == "fresh":
-                slots[spec["name"]] = Slot("area", entries[spec["name"]]["offset"])
-            elif spec["role"] == "activation":
-                slots[spec["name"]] = Slot("activations", self.activations[spec["name"]])
+        for spec in seg.inputs + seg.outputs:
+            self.shapes[spec.name] = (list(spec.shape), spec.dtype)
+            if spec.role == Role.STALE:
+                slots[spec.name] = self._stale_slot(spec, entries)
+                if spec.source.entry in producer:
+                    waits.add(producer[spec.source.entry])
+            elif spec.role == Role.FRESH:
+                slots[spec.name] = Slot("area", entries[spec.name].offset)
+            elif spec.role == Role.ACTIVATION:
+                slots[spec.name] = Slot("activations", self.activations[spec.name])
             else:
-                self.buffers.setdefault(spec["name"], nbytes(spec["shape"], spec["dtype"]))
-                slots[spec["name"]] = Slot(spec["name"])
-        start, stop = seg.get("exchange_range", (0, 0))
+                self.buffers.setdefault(spec.name, spec.nbytes)
+                slots[spec.name] = Slot(spec.name)
+        start, stop = seg.exchange_range
         if stop > start:
             waits.add(index)  # its previous exchange still reads the area this run writes
-        own = [(entries[o["name"]]["offset"], self.read_own[o["name"]], entries[o["name"]]["nbytes"])
-               for o in seg["outputs"] if o["name"] in self.read_own]
-        return SegmentPlan(seg["name"], seg["file"], index, slots, (start, stop), own, sorted(waits))
+        own = [(entries[o.name].offset, self.read_own[o.name], entries[o.name].nbytes)
+               for o in seg.outputs if o.name in self.read_own]
+        return SegmentPlan(seg.name, seg.file, index, slots, (start, stop), own, sorted(waits))
 
-    def _stale_slot(self, spec: dict, entries: dict) -> Slot:
-        src = spec["source"]
-        peer = self.rank + src["peer"]
-        if src["wrap"]:
+    def _stale_slot(self, spec: TensorSpec, entries: dict[str, ExchangeEntry]) -> Slot:
+        src = spec.source
+        peer = self.rank + src.peer
+        if src.wrap:
             peer %= self.devices
         elif not 0 <= peer < self.devices:
             return Slot("zeros")
         if peer == self.rank:
-            return Slot("own", self.read_own[src["entry"]])
-        return Slot("gathered", peer_slot(self.rank, peer) * self.area_bytes + entries[src["entry"]]["offset"])
+            return Slot("own", self.read_own[src.entry])
+        return Slot("gathered", peer_slot(self.rank, peer) * self.area_bytes + entries[src.entry].offset)
 
 
 def peer_slot(rank: int, peer: int) -> int:
@@ -112,7 +111,7 @@ def peer_slot(rank: int, peer: int) -> int:
 
 
 def _align(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
+    return -(-n // ALIGN) * ALIGN
 
 
 def _pack_in_order(items: list[tuple[str, int]]) -> tuple[dict[str, int], int]:
@@ -120,10 +119,10 @@ def _pack_in_order(items: list[tuple[str, int]]) -> tuple[dict[str, int], int]:
     for name, size in items:
         offsets[name] = pos
         pos += _align(size)
-    return offsets, max(pos, _ALIGN)
+    return offsets, max(pos, ALIGN)
 
 
-def pack_activations(graph_sets: dict[str, list[dict]]) -> tuple[dict[str, int], int]:
+def pack_activations(graph_sets: dict[str, tuple[Segment, ...]]) -> tuple[dict[str, int], int]:
     """Offsets of every cross-segment activation in one block, and the block's size. An activation lives from
     its producer to its last reader, inclusive, in each graph set that has it; two whose lifetimes overlap in some
     set get disjoint bytes, the others may share. Largest first, each at the lowest offset that fits (a
@@ -132,11 +131,11 @@ def pack_activations(graph_sets: dict[str, list[dict]]) -> tuple[dict[str, int],
     sizes: dict[str, int] = {}
     for set_name, segments in graph_sets.items():
         for i, seg in enumerate(segments):
-            for spec in seg["inputs"] + seg["outputs"]:
-                if spec["role"] == "activation":
-                    span = lives.setdefault(spec["name"], {}).setdefault(set_name, [i, i])
+            for spec in seg.inputs + seg.outputs:
+                if spec.role == Role.ACTIVATION:
+                    span = lives.setdefault(spec.name, {}).setdefault(set_name, [i, i])
                     span[0], span[1] = min(span[0], i), max(span[1], i)
-                    sizes[spec["name"]] = _align(nbytes(spec["shape"], spec["dtype"]))
+                    sizes[spec.name] = _align(spec.nbytes)
 
     def overlap(a: str, b: str) -> bool:
         return any(s in lives[b] and lives[a][s][0] <= lives[b][s][1] and lives[b][s][0] <= lives[a][s][1]
@@ -151,4 +150,4 @@ def pack_activations(graph_sets: dict[str, list[dict]]) -> tuple[dict[str, int],
                 break
             pos = max(pos, hi)
         offsets[name] = pos
-    return offsets, max([offsets[n] + sizes[n] for n in offsets] + [_ALIGN])
+    return offsets, max([offsets[n] + sizes[n] for n in offsets] + [ALIGN])

@@ -7,7 +7,6 @@ executor (sessions, buffers) for many generations; `run_local` is one generation
 """
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_distri.engines.backend import DEFAULT_BACKEND
+from trt_distri.manifest import Manifest
 from trt_distri.runtime.comm import LocalComm, LocalGroup, RankFailedError
 from trt_distri.runtime.executor import RankExecutor, RunOptions
 from trt_distri.runtime.generation import GenerationInputs, Topology, rank_inputs
@@ -24,21 +25,23 @@ from trt_distri.runtime.sessions import session_opener
 
 
 class LocalRanks:
-    """Every rank of the work directory as a thread of this process, on the CPU."""
+    """Every rank of the work directory as a thread of this process, on the CPU (a runtime.generation.Ranks)."""
 
-    def __init__(self, workdir: Path, data: dict, backend: str = "ort", timeout_s: float = 600.0) -> None:
-        self.data, self.topo, self.timeout_s = data, Topology.from_manifest(data), timeout_s
+    aux_device = None
+
+    def __init__(self, manifest: Manifest, backend: str = DEFAULT_BACKEND, timeout_s: float = 600.0) -> None:
+        self.manifest, self.topo, self.timeout_s = manifest, Topology.from_manifest(manifest), timeout_s
         self.group = LocalGroup(self.topo.world, timeout_s)
         self.executors: list[RankExecutor] = on_every_rank(
-            self.topo.world, lambda w: self._build(Path(workdir), backend, w), self.group)
+            self.topo.world, lambda w: self._build(backend, w), self.group)
 
-    def _build(self, workdir: Path, backend: str, world_rank: int) -> RankExecutor:
+    def _build(self, backend: str, world_rank: int) -> RankExecutor:
         group, rank = self.topo.place(world_rank)
         device = HostDevice()
         comm = LocalComm(self.group, world_rank, self.topo.devices, device)
         opts = RunOptions(group=group, split=self.topo.groups == 2)
-        return RankExecutor(self.data, RankLayout.from_manifest(self.data, rank),
-                            session_opener(workdir, backend, None, device), device, comm, opts)
+        return RankExecutor(self.manifest, RankLayout.from_manifest(self.manifest, rank),
+                            session_opener(self.manifest, backend, None, device), device, comm, opts)
 
     def run(self, inputs: GenerationInputs, options: RunOptions) -> np.ndarray:
         """The final latents (1, C, H, W) of one generation; `times` then holds each rank's step summary."""
@@ -48,7 +51,7 @@ class LocalRanks:
         def rank_main(world_rank: int) -> np.ndarray:
             ex = self.executors[world_rank]
             ex.opt = replace(options, group=ex.opt.group, split=ex.opt.split, guidance_scale=inputs.guidance_scale)
-            latents, cond = rank_inputs(inputs, self.data, world_rank)
+            latents, cond = rank_inputs(inputs, self.manifest, world_rank)
             return ex.generate(latents, cond, inputs.schedule)
 
         return on_every_rank(self.topo.world, rank_main, self.group)[0]
@@ -67,11 +70,10 @@ class LocalRanks:
         self.executors = []
 
 
-def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, backend: str = "ort",
+def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, backend: str = DEFAULT_BACKEND,
               timeout_s: float = 600.0) -> tuple[np.ndarray, list[dict]]:
     """Generate once on the CPU; returns the final latents (1, C, H, W) and each rank's step-time summary."""
-    data = json.loads((Path(workdir) / "manifest.json").read_text())
-    ranks = LocalRanks(Path(workdir), data, backend, timeout_s)
+    ranks = LocalRanks(Manifest.load(workdir), backend, timeout_s)
     try:
         return ranks.run(inputs, options), ranks.times
     finally:

@@ -47,7 +47,6 @@ class NcclLibrary:
         "ncclRecv": [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p],
         "ncclGroupStart": [],
         "ncclGroupEnd": [],
-        "ncclCommAbort": [ctypes.c_void_p],
         "ncclCommDestroy": [ctypes.c_void_p],
     }
 
@@ -126,12 +125,6 @@ class NcclComm(Communicator):
         self.lib.ncclSend(src, nbytes, NCCL_UINT8, partner, self.world_comm, stream)
         self.lib.ncclRecv(dst, nbytes, NCCL_UINT8, partner, self.world_comm, stream)
         self.lib.ncclGroupEnd()
-
-    def abort(self, reason: str) -> None:
-        for comm in (self.comm, self.world_comm):
-            if comm is not None:
-                self.lib.lib.ncclCommAbort(comm)
-        self.comm = self.world_comm = None
 
     def close(self) -> None:
         for comm in (self.comm, self.world_comm):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,27 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.errors import ConfigError, TrtDistriError
-from trt_distri.export.manifest import Manifest
-from trt_distri.prompt import default_time_ids, pooled_text_dim
+from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND
+from trt_distri.errors import ClosedError, ConfigError, InvalidArgumentError, UnavailableError
+from trt_distri.manifest import Manifest
+from trt_distri.prompt import default_time_ids
 from trt_distri.runtime.executor import RunOptions
-from trt_distri.runtime.generation import Topology
+from trt_distri.runtime.generation import Ranks, Topology
 
 SCHEDULERS = ("ddim", "euler", "dpm++")
-BACKENDS = ("ort", "trt", "trt-rtx")
-_LAUNCHER_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
-
-
-class InvalidArgumentError(ConfigError):
-    """An argument is out of range or does not match the work directory (size, embedding shape, scheduler)."""
-
-
-class UnavailableError(TrtDistriError):
-    """What was asked for is not in this work directory or installation (a VAE, text encoders)."""
-
-
-class ClosedError(TrtDistriError):
-    """The generator was closed."""
+__all__ = ["ClosedError", "Generator", "InvalidArgumentError", "Params", "Result", "UnavailableError",
+           "WorkdirInfo"]
 
 
 @dataclass
@@ -89,23 +77,23 @@ class WorkdirInfo:
     world: int
 
     @classmethod
-    def from_manifest(cls, m: dict) -> "WorkdirInfo":
-        model, plan = m["model"], m["plan"]
-        return cls(plan["width"], plan["height"], model["in_channels"], plan["latent_height"], plan["latent_width"],
-                   m["text_len"], model["cross_attention_dim"], pooled_text_dim(model), bool(m.get("guidance", True)),
-                   Topology.from_manifest(m).world)
+    def from_manifest(cls, m: Manifest) -> "WorkdirInfo":
+        plan, text = m.plan, m.conditioning.find("encoder_hidden_states")
+        pooled = m.conditioning.find("text_embeds")
+        return cls(plan.width, plan.height, m.model.in_channels, plan.latent_height, plan.latent_width, text.shape[0],
+                   text.shape[1], pooled.shape[0] if pooled else 0, m.guidance, Topology.from_manifest(m).world)
 
 
 class Generator:
     """A work directory ready to generate; see the module docstring for where its ranks run."""
 
     def __init__(self, workdir: str | Path, device: str | None = None, rank: int | None = None,
-                 world: int | None = None, *, backend: str = "ort", gpu: int | None = None,
+                 world: int | None = None, *, backend: str = DEFAULT_BACKEND, gpu: int | None = None,
                  rendezvous: str | Path | None = None, cuda_graph: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"unknown backend {backend!r}. Note: expected one of {', '.join(BACKENDS)}")
         self.workdir = Path(workdir)
-        self.manifest = Manifest.load(self.workdir).data
+        self.manifest = Manifest.load(self.workdir)
         self.device = _pick_device(device)
         self.backend = backend
         self.cuda_graph = cuda_graph  # GPU ranks: None is the backend's default (runtime.executor.uses_cuda_graph)
@@ -118,13 +106,14 @@ class Generator:
                                            f"rank -1 or 0, got {rank}")
             from trt_distri.runtime.local import LocalRanks
 
-            self._ranks = LocalRanks(self.workdir, self.manifest, backend)
+            self._ranks: Ranks | None = LocalRanks(self.manifest, backend)
         else:
-            from trt_distri.api_ranks import GpuRanks
+            from trt_distri.runtime.gpu import GpuRanks
+            from trt_distri.runtime.launch import launcher_rank
 
-            self._ranks = GpuRanks(self.workdir, self.manifest, backend, _launcher_rank(rank), gpu, rendezvous,
-                                   cuda_graph)
-        self._aux_device = None if self.device == "cpu" else self._ranks.gpu  # text encoders and VAE
+            self._ranks = GpuRanks(self.manifest, backend, launcher_rank() if rank is None else rank, gpu,
+                                   rendezvous, cuda_graph)
+        self._aux_device = self._ranks.aux_device  # text encoders and VAE
 
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str = "", **params) -> Result:
@@ -133,7 +122,7 @@ class Generator:
         from trt_distri.pipeline import encode_prompt
 
         p = self._params(params)
-        if "text_encoders" not in self.manifest:
+        if self.manifest.text_encoders is None:
             raise UnavailableError(f"no text encoders in {self.workdir}: it was exported from a UNet alone. Note: "
                                    "expected a work directory exported from a pipeline. Fix: export a pipeline folder "
                                    "(or random:<name>) with `trt-distri export`, or use generate_from_embeddings")
@@ -162,7 +151,7 @@ class Generator:
 
         inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed)
         latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps, cuda_graph=self.cuda_graph))
-        if "vae" not in self.manifest:
+        if self.manifest.vae is None:
             return Result(latents, None, time.perf_counter() - start, image_missing=(
                 f"no VAE in this work directory ({self.workdir} was exported from a UNet alone): the result has "
                 "latents only. Fix: export a pipeline folder (or random:<name>) with `trt-distri export`, or decode "
@@ -182,7 +171,7 @@ class Generator:
         return _array("cond", cond, seq), None if uncond is None else _array("uncond", uncond, seq)
 
     def _added(self, text_embeds, time_ids) -> tuple[np.ndarray | None, np.ndarray | None]:
-        dim, plan, rows = self.info.pooled_dim, self.manifest["plan"], 2 if self.info.guidance else 1
+        dim, plan, rows = self.info.pooled_dim, self.manifest.plan, 2 if self.info.guidance else 1
         if not dim:
             if text_embeds is not None or time_ids is not None:
                 raise InvalidArgumentError(f"{self.workdir} holds a UNet without text_embeds/time_ids (SD 1.x/2.x)."
@@ -194,18 +183,19 @@ class Generator:
         text_embeds = _array("text_embeds", text_embeds, (rows, dim), batch=False)
         if time_ids is None:
             time_ids = default_time_ids(plan, rows)
+        row = self.manifest.conditioning.find("time_ids").shape
         time_ids = np.asarray(time_ids, np.float32)
-        time_ids = np.repeat(time_ids[None], rows, axis=0) if time_ids.shape == (6,) else time_ids
-        return text_embeds, _array("time_ids", time_ids, (rows, 6), batch=False)
+        time_ids = np.repeat(time_ids[None], rows, axis=0) if time_ids.shape == row else time_ids
+        return text_embeds, _array("time_ids", time_ids, (rows, *row), batch=False)
 
     def _params(self, given: dict) -> Params:
         try:
             p = Params(**given)
         except TypeError as exc:
             raise InvalidArgumentError(f"{exc}. Note: expected keywords of trt_distri.api.Params") from None
-        plan = self.manifest["plan"]
-        size = (p.width or plan["width"], p.height or plan["height"])
-        checks = [(size == (plan["width"], plan["height"]), "invalid size", f"{plan['width']}x{plan['height']} "
+        plan = self.manifest.plan
+        size = (p.width or plan.width, p.height or plan.height)
+        checks = [(size == (plan.width, plan.height), "invalid size", f"{plan.width}x{plan.height} "
                    "(the work directory's; export again for another size)", f"{size[0]}x{size[1]}"),
                   (1 <= p.steps <= 1000, "invalid steps", "1..1000", p.steps),
                   (0 <= p.warmup_steps, "invalid warmup_steps", ">= 0", p.warmup_steps),
@@ -265,11 +255,3 @@ def _pick_device(device: str | None) -> str:
 
     return "cuda" if cuda_device_count() > 0 else "cpu"
 
-
-def _launcher_rank(rank: int | None) -> int | None:
-    """The explicit rank, else the launcher's (torchrun, srun, mpirun) when this process was started by one."""
-    if rank is not None or not any(v in os.environ for v in _LAUNCHER_RANK_VARS):
-        return rank
-    from trt_distri.runtime.launch import launcher_env
-
-    return launcher_env().world_rank

@@ -17,6 +17,7 @@ from pathlib import Path
 from trt_distri import __version__, log
 from trt_distri.cli_run import add_run
 from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
+from trt_distri.engines.backend import BACKENDS
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
 from trt_distri.models import UNET_CONFIGS
 from trt_distri.runtime.launch import stop_on_sigterm
@@ -127,7 +128,7 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
                               description="Build every segment of both graph sets into WORKDIR/engines/<backend>/, "
                                           "one process per GPU; engines already built with the same key are reused.")
     p.add_argument("workdir", type=Path, metavar="WORKDIR", help="work directory written by `trt-distri export`")
-    p.add_argument("--backend", choices=["trt", "trt-rtx", "ort"], default="trt",
+    p.add_argument("--backend", choices=list(BACKENDS), default="trt",
                    help="trt (TensorRT, on GPUs), trt-rtx (TensorRT-RTX, builds without a GPU) or ort (ONNX "
                         "Runtime graphs); default trt")
     p.add_argument("--gpus", type=lambda s: [int(i) for i in s.split(",")], default=None, metavar="I,J,...",
@@ -141,13 +142,13 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    from trt_distri.engines.backend import get_backend
     from trt_distri.engines.build import build_workdir
-    from trt_distri.engines.trt import BuildOptions
 
-    timing_cache = args.workdir / "engines" / args.backend / "timing.cache"
-    options = BuildOptions(optimization_level=args.opt_level, timing_cache=timing_cache,
-                           workspace_bytes=None if args.workspace_mib is None else args.workspace_mib << 20,
-                           refittable=args.refittable, strip_weights=args.strip_weights)
+    options = get_backend(args.backend).build_options(
+        args.workdir / "engines" / args.backend, optimization_level=args.opt_level,
+        workspace_bytes=None if args.workspace_mib is None else args.workspace_mib << 20, refittable=args.refittable,
+        strip_weights=args.strip_weights)
     report = build_workdir(args.workdir, args.backend, args.gpus, options, progress=_progress_line)
     logger.info("%d engine(s) built, %d reused, in %.1f s", len(report.built), len(report.reused), report.seconds)
     print(args.workdir / "engines" / args.backend)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND
 from trt_distri.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=str, default=None,
                    help="N (the first N GPUs) or indices such as 0,1,2,3 (default: the first N, N = what the work "
                         "directory was exported for)")
-    p.add_argument("--backend", choices=["ort", "trt", "trt-rtx"], default="ort")
+    p.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND)
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--warmup-steps", type=int, default=4, help="synchronous steps after step 0 (default 4)")
     p.add_argument("--scheduler", choices=["ddim", "euler", "dpm++"], default="ddim")
@@ -104,35 +105,35 @@ def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -
 def _run_random(args: argparse.Namespace, out: Path, target) -> int:
     from trt_distri.pipeline import check_workdir, denoise, load_manifest
 
-    data = load_manifest(args.workdir)
-    check_workdir(data, args.workdir, args.height, args.width)
-    inputs = random_inputs(data, args.steps, args.scheduler, args.guidance, args.seed)
+    manifest = load_manifest(args.workdir)
+    check_workdir(manifest, args.workdir, args.height, args.width)
+    inputs = random_inputs(manifest, args.steps, args.scheduler, args.guidance, args.seed)
     start = time.perf_counter()
-    latents, reports = denoise(args.workdir, data, inputs, args.warmup_steps, target, args.no_comm)
+    latents, reports = denoise(args.workdir, manifest, inputs, args.warmup_steps, target, args.no_comm)
     seconds = time.perf_counter() - start
     if latents is not None:
         _save_atomic(out, lambda f: np.save(f, latents))
         print(out)
-    logger.info("%s", _summary(data, reports, seconds, args))
+    logger.info("%s", _summary(manifest, reports, seconds, args))
     return 0
 
 
-def random_inputs(data: dict, steps: int, scheduler: str, guidance: float, seed: int):
+def random_inputs(manifest, steps: int, scheduler: str, guidance: float, seed: int):
     """Seeded noise and text embeddings of the model's shapes, and the scheduler as a LinearSchedule."""
     from trt_distri.loop import make_scheduler
-    from trt_distri.prompt import default_time_ids, pooled_text_dim
+    from trt_distri.prompt import default_time_ids
     from trt_distri.runtime.generation import GenerationInputs
     from trt_distri.schedule import linear_schedule
 
     rng = np.random.default_rng(seed)
-    plan, model = data["plan"], data["model"]
-    latents = rng.standard_normal((1, model["in_channels"], plan["latent_height"], plan["latent_width"]), np.float32)
-    enc = rng.standard_normal((2, data["text_len"], model["cross_attention_dim"]), np.float32)
-    guided = data.get("guidance", True)
+    plan, inputs = manifest.plan, manifest.conditioning
+    latents = rng.standard_normal((1, manifest.model.in_channels, plan.latent_height, plan.latent_width), np.float32)
+    enc = rng.standard_normal((2, *inputs.find("encoder_hidden_states").shape), np.float32)
+    guided = manifest.guidance
     rows = 2 if guided else 1
     text = time_ids = None
-    if model["sdxl"]:
-        text = rng.standard_normal((rows, pooled_text_dim(model)), np.float32)
+    if inputs.find("text_embeds") is not None:
+        text = rng.standard_normal((rows, *inputs.find("text_embeds").shape), np.float32)
         time_ids = default_time_ids(plan, rows)
     schedule = linear_schedule(make_scheduler(scheduler), steps)
     return GenerationInputs(latents, enc[1:], enc[:1] if guided else None, schedule, guidance, text, time_ids)
@@ -149,10 +150,10 @@ def _save_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _summary(data: dict, reports: list[dict], seconds: float, args) -> str:
-    plan = data["plan"]
+def _summary(manifest, reports: list[dict], seconds: float, args) -> str:
+    plan = manifest.plan
     runs = reports[0]["runs"][-1]
-    return (f"{plan['height']}x{plan['width']}, {args.steps} steps in {seconds:.1f} s on {len(reports)} "
-            f"rank(s), GN {data['gn_mode']}, backend {args.backend}"
+    return (f"{plan.height}x{plan.width}, {args.steps} steps in {seconds:.1f} s on {len(reports)} "
+            f"rank(s), GN {manifest.gn_mode}, backend {args.backend}"
             + ("" if runs.get("async_step_ms") is None else
                f"; median step {runs['sync_step_ms']} ms sync, {runs['async_step_ms']} ms async"))

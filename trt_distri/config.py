@@ -10,6 +10,7 @@ from trt_distri.errors import ConfigError
 
 RANDOM_PREFIX = "random:"
 DEFAULT_MODEL = "random:tiny-sdxl"
+TEXT_LEN = 77  # tokens per prompt (CLIP): the text encoders' input and the UNet's encoder_hidden_states rows
 
 
 class Precision(str, enum.Enum):

@@ -32,7 +32,7 @@ def embedded_workdir(ranks: int = 1, cfg_split: bool = False, root: Path | None 
     """The embedded pipeline's work directory for `ranks` ranks, created, exported and built when missing."""
     base = (root or cache_root()) / f"tiny-pipeline-{__version__}"
     work = base / f"work-n{ranks}{'-split' if cfg_split else ''}"
-    if not (work / "manifest.json").is_file():
+    if not _exported(work):
         model = _saved_model(base / "model")
         log.info("creating the embedded tiny pipeline in %s (once)", work)
         _export(model, work, ranks, cfg_split)
@@ -40,6 +40,18 @@ def embedded_workdir(ranks: int = 1, cfg_split: bool = False, root: Path | None 
 
     build_workdir(work, "ort")  # reuses what an earlier run built
     return work
+
+
+def _exported(work: Path) -> bool:
+    """A complete work directory of this manifest version is there (an older cache is exported again)."""
+    from trt_distri.errors import ManifestError
+    from trt_distri.manifest import Manifest
+
+    try:
+        Manifest.load(work)
+    except ManifestError:
+        return False
+    return True
 
 
 def _saved_model(folder: Path) -> Path:

@@ -13,6 +13,18 @@ class ConfigError(TrtDistriError):
     """A setting (size, device count, mode, path) is invalid."""
 
 
+class InvalidArgumentError(ConfigError):
+    """An argument is out of range or does not match the work directory (size, embedding shape, scheduler)."""
+
+
+class UnavailableError(TrtDistriError):
+    """What was asked for is not in this work directory or installation (a VAE, text encoders)."""
+
+
+class ClosedError(TrtDistriError):
+    """The generator was closed."""
+
+
 class UnsplittableError(ConfigError):
     """The image height cannot be cut into equal, even patches for the requested devices."""
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_distri.engines.backend import DEFAULT_BACKEND
 from trt_distri.errors import ConfigError
+from trt_distri.manifest import Manifest
 from trt_distri.prompt import PromptEmbeddings, PromptEncoder
 from trt_distri.vae_tiles import decode_tiled, to_uint8
 
@@ -46,7 +48,7 @@ class Target:
 
     device: str
     gpus: tuple[int, ...] | None = None
-    backend: str = "ort"
+    backend: str = DEFAULT_BACKEND
     launcher: str = "local"  # "env": this process is one rank of torchrun/srun/mpirun
     rendezvous: Path | None = None
     repeats: int = 1
@@ -58,7 +60,7 @@ class Target:
         return None if self.device == "cpu" else (self.gpus[0] if self.gpus else 0)
 
 
-def make_target(device: str | None, gpus: str | None, backend: str = "ort", **extra) -> Target:
+def make_target(device: str | None, gpus: str | None, backend: str = DEFAULT_BACKEND, **extra) -> Target:
     """A Target from CLI-style strings: device None picks cuda where a GPU exists; gpus "N" (the first N GPUs),
     "i,j,..." (those indices) or None."""
     indices = None
@@ -94,21 +96,20 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
 
 
-def load_manifest(workdir: str | Path) -> dict:
-    from trt_distri.export.manifest import Manifest
-
-    return Manifest.load(workdir).data
+def load_manifest(workdir: str | Path) -> Manifest:
+    return Manifest.load(workdir)
 
 
 def encode_prompt(workdir: str | Path, prompt: str, negative_prompt: str = "", device: int | None = None,
-                  data: dict | None = None) -> PromptEmbeddings:
+                  manifest: Manifest | None = None) -> PromptEmbeddings:
     """The text conditioning of `prompt` (and of the negative prompt for guidance) with the work directory's
     encoders; the pieces of GenerationInputs, so that precomputed embeddings can be used instead."""
-    data = data or load_manifest(workdir)
-    return PromptEncoder(Path(workdir), data, device).encode(prompt, negative_prompt, data.get("guidance", True))
+    manifest = manifest or load_manifest(workdir)
+    return PromptEncoder(Path(workdir), manifest, device).encode(prompt, negative_prompt, manifest.guidance)
 
 
-def generation_inputs(data: dict, emb: PromptEmbeddings, steps: int, scheduler: str, guidance: float, seed: int):
+def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, scheduler: str, guidance: float,
+                      seed: int):
     """GenerationInputs from embeddings: seeded noise of the latent's shape and the pipeline's scheduler."""
     from trt_distri.loop import make_scheduler
     from trt_distri.runtime.generation import GenerationInputs
@@ -116,15 +117,15 @@ def generation_inputs(data: dict, emb: PromptEmbeddings, steps: int, scheduler: 
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1. Note: got {steps}")
-    plan, model = data["plan"], data["model"]
-    shape = (1, model["in_channels"], plan["latent_height"], plan["latent_width"])
-    config = data.get("scheduler", {}).get("config")
+    plan = manifest.plan
+    shape = (1, manifest.model.in_channels, plan.latent_height, plan.latent_width)
+    config = manifest.scheduler.config if manifest.scheduler is not None else None
     schedule = linear_schedule(make_scheduler(scheduler, config), steps)
     return GenerationInputs(initial_noise(shape, seed), emb.cond, emb.uncond, schedule, guidance, emb.text_embeds,
                             emb.time_ids)
 
 
-def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target, no_comm: bool = False,
+def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target: Target, no_comm: bool = False,
             on_step=None):
     """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports).
     `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end."""
@@ -132,7 +133,7 @@ def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target
     from trt_distri.runtime.generation import Topology
 
     options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step, cuda_graph=target.cuda_graph)
-    world = Topology.from_manifest(data).world
+    world = Topology.from_manifest(manifest).world
     if target.device == "cpu":
         from trt_distri.runtime.local import run_local
 
@@ -155,35 +156,35 @@ def denoise(workdir: Path, data: dict, inputs, warmup_steps: int, target: Target
     return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats)
 
 
-def decode_latents(workdir: str | Path, data: dict, latents: np.ndarray, device: int | None = None,
+def decode_latents(workdir: str | Path, manifest: Manifest, latents: np.ndarray, device: int | None = None,
                    progress: Progress | None = None, tile: int | None = None) -> np.ndarray:
     """Final latents -> (H, W, 3) uint8 image through the exported VAE decoder, tiled beyond its native size."""
-    from trt_distri.engines.backend import get_backend
+    from trt_distri.engines.backend import LoadOptions, onnx_runner
 
-    vae = data["vae"]
-    session = get_backend("ort").load(Path(workdir) / vae["file"], device, transient=True)
+    vae = manifest.vae
+    session = onnx_runner().load(Path(workdir) / vae.file, LoadOptions(device, transient=True))
     z = latents.astype(np.float32)
-    if vae.get("latents_mean") is not None and vae.get("latents_std") is not None:
-        mean, std = (np.asarray(vae[k], np.float32).reshape(1, -1, 1, 1) for k in ("latents_mean", "latents_std"))
-        z = z * std / np.float32(vae["scaling_factor"]) + mean
+    if vae.latents_mean is not None and vae.latents_std is not None:
+        mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (vae.latents_mean, vae.latents_std))
+        z = z * std / np.float32(vae.scaling_factor) + mean
     else:
-        z = z / np.float32(vae["scaling_factor"]) + np.float32(vae.get("shift_factor") or 0.0)
-    tile = tile or max(1, vae["sample_size"] // vae["scale"])
-    image = decode_tiled(lambda x: session.run_host({"latents": x})["image"], z, tile, vae["scale"],
+        z = z / np.float32(vae.scaling_factor) + np.float32(vae.shift_factor or 0.0)
+    tile = tile or max(1, vae.sample_size // vae.scale)
+    image = decode_tiled(lambda x: session.run_host({"latents": x})["image"], z, tile, vae.scale,
                          progress=None if progress is None else lambda d, t: progress("decode", d, t))
     return to_uint8(image)
 
 
-def check_workdir(data: dict, workdir: Path, height: int | None, width: int | None,
+def check_workdir(manifest: Manifest, workdir: Path, height: int | None, width: int | None,
                   guidance: float | None = None) -> None:
     """Refuse a request the work directory was not exported for, naming the export that fixes it."""
-    plan = data["plan"]
-    if (height or plan["height"], width or plan["width"]) != (plan["height"], plan["width"]):
-        raise ConfigError(f"{workdir} was exported for {plan['height']}x{plan['width']}. Note: expected "
-                          f"{plan['height']}x{plan['width']}, got {height or plan['height']}x"
-                          f"{width or plan['width']}. Fix: trt-distri export ... --height {height or plan['height']} "
-                          f"--width {width or plan['width']} -o {workdir} --overwrite, or drop --height/--width")
-    if guidance is not None and not data.get("guidance", True) and guidance != 1.0:
+    plan = manifest.plan
+    if (height or plan.height, width or plan.width) != (plan.height, plan.width):
+        raise ConfigError(f"{workdir} was exported for {plan.height}x{plan.width}. Note: expected "
+                          f"{plan.height}x{plan.width}, got {height or plan.height}x{width or plan.width}. Fix: "
+                          f"trt-distri export ... --height {height or plan.height} --width {width or plan.width} "
+                          f"-o {workdir} --overwrite, or drop --height/--width")
+    if guidance is not None and not manifest.guidance and guidance != 1.0:
         raise ConfigError(f"{workdir} was exported without classifier-free guidance (--no-guidance). Note: expected "
                           f"--guidance 1, got {guidance}. Fix: pass --guidance 1, or export again without "
                           "--no-guidance")
@@ -192,34 +193,34 @@ def check_workdir(data: dict, workdir: Path, height: int | None, width: int | No
 def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", steps: int = 30,
                    guidance: float = 5.0, seed: int = 0, scheduler: str = "ddim", warmup_steps: int = 4,
                    device: str | None = None, gpus: str | None = None, output_type: str = "pil",
-                   backend: str = "ort", progress: Progress | None = None, height: int | None = None,
+                   backend: str = DEFAULT_BACKEND, progress: Progress | None = None, height: int | None = None,
                    width: int | None = None, target: Target | None = None) -> ImageResult:
     """Generate one image for `prompt` with an exported work directory (see the module docstring)."""
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"unknown output type {output_type!r}. Note: expected one of {', '.join(OUTPUT_TYPES)}")
     workdir = Path(workdir)
-    data = load_manifest(workdir)
-    check_workdir(data, workdir, height, width, guidance)
+    manifest = load_manifest(workdir)
+    check_workdir(manifest, workdir, height, width, guidance)
     target = target or make_target(device, gpus, backend)
     report = progress or (lambda stage, done, total: None)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     report("encode", 0, 1)
-    emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, data)
-    inputs = generation_inputs(data, emb, steps, scheduler, guidance, seed)
+    emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest)
+    inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed)
     stages["encode"] = _lap(start, stages)
     report("encode", 1, 1)
     report("denoise", 0, steps)
-    latents, reports = denoise(workdir, data, inputs, warmup_steps, target,
+    latents, reports = denoise(workdir, manifest, inputs, warmup_steps, target,
                                on_step=lambda done, total: report("denoise", done, total))
     stages["denoise"] = _lap(start, stages)
     report("denoise", steps, steps)
     image = None
     if output_type != "latent" and latents is not None:
-        image = decode_latents(workdir, data, latents, target.first_gpu, report)
+        image = decode_latents(workdir, manifest, latents, target.first_gpu, report)
         stages["decode"] = _lap(start, stages)
     seconds = time.perf_counter() - start
-    return ImageResult(image, latents, seconds, summary(data, target, steps, warmup_steps, seconds, stages, reports),
+    return ImageResult(image, latents, seconds, summary(manifest, target, steps, warmup_steps, seconds, stages, reports),
                        stages, rank_times(reports))
 
 
@@ -242,13 +243,13 @@ def _lap(start: float, stages: dict[str, float]) -> float:
     return round(time.perf_counter() - start - sum(stages.values()), 3)
 
 
-def summary(data: dict, target: Target, steps: int, warmup_steps: int, seconds: float, stages: dict[str, float],
-            reports: list[dict]) -> str:
+def summary(manifest: Manifest, target: Target, steps: int, warmup_steps: int, seconds: float,
+            stages: dict[str, float], reports: list[dict]) -> str:
     """One line: size, steps, where it ran (GPUs or CPU ranks), mode, backend, time per stage."""
-    plan = data["plan"]
+    plan = manifest.plan
     ranks = len(reports)
     where = f"{ranks} GPU(s)" if target.device == "cuda" else f"{ranks} CPU rank(s)"
-    split = ", guidance split" if data.get("cfg_split") else ""
+    split = ", guidance split" if manifest.cfg_split else ""
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
-    return (f"{plan['height']}x{plan['width']}, {steps} steps ({min(warmup_steps + 1, steps)} synchronous) on "
-            f"{where}{split}, GN {data['gn_mode']}, backend {target.backend}: {seconds:.1f} s ({parts})")
+    return (f"{plan.height}x{plan.width}, {steps} steps ({min(warmup_steps + 1, steps)} synchronous) on "
+            f"{where}{split}, GN {manifest.gn_mode}, backend {target.backend}: {seconds:.1f} s ({parts})")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_distri.errors import ManifestError, MissingPackageError
+from trt_distri.manifest import Manifest, Plan
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,9 @@ class PromptEmbeddings:
     time_ids: np.ndarray | None = None  # (2, 6) or (1, 6); SDXL only
 
 
-def pooled_text_dim(model: dict) -> int:
-    """Size of SDXL's pooled text embedding (`text_embeds`) for the manifest's `model` entry; 0 for SD 1.x/2.x."""
-    if not model["sdxl"]:
-        return 0
-    cfg = model["config"]
-    return cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
-
-
-def default_time_ids(plan: dict, rows: int) -> np.ndarray:
+def default_time_ids(plan: Plan, rows: int) -> np.ndarray:
     """SDXL's size/crop conditioning for the work directory's image size, no crop: (rows, 6) fp32."""
-    size = [plan["height"], plan["width"], 0, 0, plan["height"], plan["width"]]
+    size = [plan.height, plan.width, 0, 0, plan.height, plan.width]
     return np.asarray([size] * rows, np.float32)
 
 
@@ -89,22 +82,22 @@ def _pad_token(folder: Path) -> str:
 class PromptEncoder:
     """The tokenizers and text-encoder sessions of a work directory (ONNX Runtime, CPU or one GPU)."""
 
-    def __init__(self, workdir: Path, data: dict, device: int | None = None) -> None:
-        from trt_distri.engines.backend import get_backend
+    def __init__(self, workdir: Path, manifest: Manifest, device: int | None = None) -> None:
+        from trt_distri.engines.backend import LoadOptions, onnx_runner
 
-        if "text_encoders" not in data:
+        if manifest.text_encoders is None or manifest.pipeline is None:
             raise ManifestError(f"{workdir} has no text encoders: it was exported from a UNet alone. Note: expected "
                                 "the manifest key 'text_encoders'. Fix: export a pipeline folder (with "
                                 "text_encoder/, tokenizer/, vae/) or random:<name> with `trt-distri export`")
-        self.data = data
-        backend = get_backend("ort")
-        self.parts = [(PromptTokenizer(workdir / e["tokenizer"], e["max_length"]),
-                       backend.load(workdir / e["file"], device, transient=True), e)
-                      for e in data["text_encoders"]]
+        self.manifest, self.pipeline = manifest, manifest.pipeline
+        backend = onnx_runner()
+        self.parts = [(PromptTokenizer(workdir / e.tokenizer, e.max_length),
+                       backend.load(workdir / e.file, LoadOptions(device, transient=True)), e)
+                      for e in manifest.text_encoders]
 
     @property
     def sdxl(self) -> bool:
-        return self.data["pipeline"]["kind"] == "sdxl"
+        return self.pipeline.kind == "sdxl"
 
     def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
         hidden, pooled = [], None
@@ -118,7 +111,7 @@ class PromptEncoder:
         cond, pooled = self._encode(prompt)
         uncond = neg_pooled = None
         if guided:
-            if not negative_prompt and self.data["pipeline"].get("force_zeros_for_empty_prompt"):
+            if not negative_prompt and self.pipeline.force_zeros_for_empty_prompt:
                 uncond, neg_pooled = np.zeros_like(cond), None if pooled is None else np.zeros_like(pooled)
             else:
                 uncond, neg_pooled = self._encode(negative_prompt)
@@ -126,4 +119,4 @@ class PromptEncoder:
             return PromptEmbeddings(cond, uncond)
         text = np.concatenate([neg_pooled, pooled]) if guided else pooled
         return PromptEmbeddings(cond, uncond, text.astype(np.float32),
-                                default_time_ids(self.data["plan"], 2 if guided else 1))
+                                default_time_ids(self.manifest.plan, 2 if guided else 1))

@@ -12,7 +12,7 @@ so a scheduler that is not (ancestral samplers add noise) is refused instead of 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,13 +33,6 @@ class Step:
 class LinearSchedule:
     init_noise_sigma: float
     steps: tuple[Step, ...]
-
-    def to_json(self) -> dict:
-        return {"init_noise_sigma": self.init_noise_sigma, "steps": [asdict(s) for s in self.steps]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "LinearSchedule":
-        return cls(data["init_noise_sigma"], tuple(Step(**s) for s in data["steps"]))
 
 
 def linear_schedule(scheduler, num_steps: int, tol: float = 1e-6) -> LinearSchedule:

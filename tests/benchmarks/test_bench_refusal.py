@@ -65,8 +65,9 @@ def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, time
     """run_gpus' contract on the CPU: every variant in one load, rank 0's latents per variant."""
     from trt_distri.runtime.local import LocalRanks
 
-    data = json.loads((Path(workdir) / "manifest.json").read_text())
-    ranks = LocalRanks(Path(workdir), data)
+    from trt_distri.manifest import Manifest
+
+    ranks = LocalRanks(Manifest.load(workdir))
     outputs, runs = {}, []
     for v in variants:
         warmup = options.warmup_steps if v.warmup_steps is None else v.warmup_steps

@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from trt_distri.engines.backend import BACKENDS, BuildOptions, available_backends, get_backend
+from trt_distri.engines.backend import BACKENDS, LoadOptions, available_backends, get_backend
 from trt_distri.engines.gpus import list_gpus
-from trt_distri.engines.trt import check_io_against_manifest
+from trt_distri.engines.io_check import check_io_against_manifest
 from trt_distri.errors import ConfigError, MissingPackageError
+from trt_distri.manifest import Segment, decode_record
 
 from test_trt_build import B, H, L, W, _segment, _tiny_graph
 
@@ -44,9 +45,9 @@ class TestBackendContract:
         backend = get_backend(name)
         if not backend.capabilities().builds_without_gpu and not list_gpus():
             pytest.skip(f"{backend.label} builds only on a GPU")
-        engine, io = backend.build(graph[0], BuildOptions())
+        engine, io = backend.build(graph[0], backend.build_options())
         assert len(engine) > 0
-        check_io_against_manifest(io, _segment(graph[1]))
+        check_io_against_manifest(io, decode_record(Segment, _segment(graph[1])))
 
     def test_loaded_session_matches_onnxruntime_reference(self, name: str, graph: tuple[Path, str],
                                                           tmp_path: Path) -> None:
@@ -56,8 +57,8 @@ class TestBackendContract:
         if device is not None and not list_gpus():
             pytest.skip(f"{backend.label} engines run only on a CUDA GPU")
         engine = tmp_path / f"e{caps.engine_suffix}"
-        engine.write_bytes(backend.build(graph[0], BuildOptions())[0])
-        session = backend.load(engine, device, weights_dir=graph[0].parent)
+        engine.write_bytes(backend.build(graph[0], backend.build_options())[0])
+        session = backend.load(engine, LoadOptions(device, weights_dir=graph[0].parent))
         assert [t.name for t in session.inputs] == ["sample", "kv.attn1.peer1"]
         feeds = _feeds(graph[1])
         got = session.run_host(feeds)
@@ -85,8 +86,8 @@ def test_unknown_backend_names_the_choices() -> None:
 def test_session_checks_feeds_and_bindings(graph: tuple[Path, str], tmp_path: Path) -> None:
     backend = get_backend("ort")
     engine = tmp_path / "e.onnx"
-    engine.write_bytes(backend.build(graph[0], BuildOptions())[0])
-    session = backend.load(engine, None, weights_dir=graph[0].parent)
+    engine.write_bytes(backend.build(graph[0], backend.build_options())[0])
+    session = backend.load(engine, LoadOptions(None, weights_dir=graph[0].parent))
     with pytest.raises(ConfigError, match="exactly the session's inputs"):
         session.run_host({"sample": np.zeros((B, 32, H, W), np.float32)})
     with pytest.raises(ConfigError, match="no such tensor"):

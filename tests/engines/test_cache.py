@@ -12,12 +12,14 @@ import pytest
 
 import trt_distri.engines.cache as cache_module
 from trt_distri.cli import main
-from trt_distri.engines.backend import BuildOptions, get_backend
+from trt_distri.engines.backend import get_backend
 from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
+from trt_distri.engines.trt import BuildOptions  # any backend's cache key holds its options' flags
 from trt_distri.errors import CorruptEngineError, EngineCacheError, EngineMismatchError
-from trt_distri.export.manifest import FORMAT, VERSION, Manifest
+from trt_distri.manifest import Manifest
 
+from helpers import manifest_json
 from test_trt_build import _segment, _tiny_graph
 
 
@@ -28,11 +30,10 @@ def workdir(tmp_path: Path) -> Path:
     _tiny_graph(tmp_path / "graphs" / "steady.0.onnx", np.float16)
     segment = _segment("float16")
     weights = (tmp_path / "graphs" / "weights.bin").read_bytes()
-    manifest = {"format": FORMAT, "version": VERSION, "precision": "fp16", "plan": {"devices": 2},
-                "graph_sets": {"warmup": [{**segment, "name": "warmup.0"}],
-                               "steady": [{**segment, "name": "steady.0"}]},
-                "weights": {"file": "graphs/weights.bin", "bytes": len(weights),
-                            "sha256": hashlib.sha256(weights).hexdigest()}}
+    manifest = manifest_json(
+        precision="fp16", graph_sets={"warmup": [{**segment, "name": "warmup.0"}],
+                                      "steady": [{**segment, "name": "steady.0"}]},
+        weights={"file": "graphs/weights.bin", "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()})
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
@@ -41,8 +42,8 @@ def _cache(workdir: Path) -> EngineCache:
     return EngineCache(Manifest.load(workdir), get_backend("ort"))
 
 
-def _segment_named(workdir: Path, name: str) -> dict:
-    return next(s for s in Manifest.load(workdir).segments(name.split(".")[0]) if s["name"] == name)
+def _segment_named(workdir: Path, name: str):
+    return next(s for s in Manifest.load(workdir).segments(name.split(".")[0]) if s.name == name)
 
 
 def test_identical_segments_are_built_once_then_reused(workdir: Path) -> None:
@@ -66,7 +67,7 @@ def test_changed_graph_or_flag_rebuilds(workdir: Path) -> None:
 
 def test_loaded_engine_runs(workdir: Path) -> None:
     build_workdir(workdir, "ort")
-    session = _cache(workdir).load(_segment_named(workdir, "steady.0"), None)
+    session = _cache(workdir).load(_segment_named(workdir, "steady.0"))
     assert {t.name for t in session.outputs} == {"kv.attn1", "attn1.out"}
 
 
@@ -79,7 +80,7 @@ def test_mismatch_names_each_field(workdir: Path) -> None:
     meta["fields"].update(backend_version="0.1", gpu_arch="8.9")
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(EngineMismatchError) as info:
-        cache.load(segment, None)
+        cache.load(segment)
     message = str(info.value)
     assert "backend_version (engine: 0.1, here: " in message and "gpu_arch (engine: 8.9, here: cpu)" in message
     assert "graph" not in message.split("something else:")[1].split(".")[0]
@@ -95,10 +96,10 @@ def test_corrupted_and_truncated_engines_are_detected(workdir: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     engine.write_bytes(bytes(data))
     with pytest.raises(CorruptEngineError, match="corrupted: its sha256 differs.*Fix: run `trt-distri build"):
-        cache.load(segment, None)
+        cache.load(segment)
     engine.write_bytes(bytes(data[:100]))
     with pytest.raises(CorruptEngineError, match=f"truncated: 100 bytes. Note: expected {len(data)} bytes"):
-        cache.load(segment, None)
+        cache.load(segment)
     assert len(build_workdir(workdir, "ort").built) == 1  # the damaged one only
 
 
@@ -117,7 +118,7 @@ def test_interrupted_build_leaves_no_usable_engine(workdir: Path, monkeypatch: p
     monkeypatch.undo()
     cache = _cache(workdir)
     with pytest.raises(EngineCacheError, match="metadata \\(the build was interrupted\\) is missing"):
-        cache.load(_segment_named(workdir, "warmup.0"), None)
+        cache.load(_segment_named(workdir, "warmup.0"))
     assert not list(cache.root.glob(".*partial"))
 
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from trt_distri.config import GNMode, Precision
-from trt_distri.engines.backend import BuildOptions, get_backend
+from trt_distri.engines.backend import LoadOptions, get_backend
 from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
 from trt_distri.export.simulate import Simulator
@@ -29,17 +29,17 @@ class _EngineSimulator(Simulator):
         super().__init__(workdir)
         self.cache = EngineCache(self.manifest, get_backend("ort"))
 
-    def _session(self, segment: dict):
-        if segment["name"] not in self._sessions:
-            session = self.cache.load(segment, None)
+    def _session(self, segment):
+        if segment.name not in self._sessions:
+            session = self.cache.load(segment)
 
             class _Adapter:  # the simulator calls run(output names, feeds) like an InferenceSession
                 def run(self, names, feeds):
                     outputs = session.run_host(feeds)
                     return [outputs[n] for n in names]
 
-            self._sessions[segment["name"]] = _Adapter()
-        return self._sessions[segment["name"]]
+            self._sessions[segment.name] = _Adapter()
+        return self._sessions[segment.name]
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_engine_sessions_match_the_export_simulator(tiny_sdxl, tmp_path, rel_err
 
 def test_attention_becomes_multi_head_attention(tmp_path: Path) -> None:
     graph = _tiny_graph(tmp_path / "g.onnx", np.float16)
-    engine, _ = get_backend("ort").build(graph, BuildOptions())
+    engine, _ = get_backend("ort").build(graph, get_backend("ort").build_options())
     model = onnx.ModelProto.FromString(engine)
     ops = [(n.domain, n.op_type) for n in model.graph.node]
     assert ("com.microsoft", "MultiHeadAttention") in ops and ("", "Attention") not in ops
@@ -108,9 +108,9 @@ def test_cuda_graph_option_reaches_the_provider_and_is_refused_where_it_cannot_r
         "device_id": "1", "has_user_compute_stream": "1", "user_compute_stream": "1234", "enable_cuda_graph": "1"}
     assert "enable_cuda_graph" not in cuda_provider_options(0, None)
     with pytest.raises(ConfigError, match="CUDA-graph replay needs a CUDA device"):
-        get_backend("ort").load(tmp_path / "graph.onnx", None, cuda_graph=True)
+        get_backend("ort").load(tmp_path / "graph.onnx", LoadOptions(None, cuda_graph=True))
     with pytest.raises(ConfigError, match="not available with TensorRT-RTX engines yet"):
-        get_backend("trt-rtx").load(tmp_path / "x.engine", 0, cuda_graph=True)
+        get_backend("trt-rtx").load(tmp_path / "x.engine", LoadOptions(0, cuda_graph=True))
 
 
 def test_conv_algo_search_comes_from_the_environment(monkeypatch):
@@ -167,11 +167,11 @@ def test_transient_sessions_keep_out_of_the_shared_device_arena(tmp_path, monkey
     monkeypatch.setattr(ort_backend, "_SHARED_ARENAS", {})
     (tmp_path / "g.onnx").write_bytes(b"")
     backend = get_backend("ort")
-    backend.load(tmp_path / "g.onnx", 3, transient=True)
+    backend.load(tmp_path / "g.onnx", LoadOptions(3, transient=True))
     entries, providers = made[-1]
     assert "session.use_env_allocators" not in entries and not registered
     assert providers[0][1]["arena_extend_strategy"] == "kSameAsRequested"
-    backend.load(tmp_path / "g.onnx", 3)
+    backend.load(tmp_path / "g.onnx", LoadOptions(3))
     entries, providers = made[-1]
     assert entries["session.use_env_allocators"] == "1" and len(registered) == 1
     assert "arena_extend_strategy" not in providers[0][1]
@@ -239,5 +239,5 @@ def test_cuda_graphs_are_the_default_where_onnx_runtime_ranks_generate_more_than
 
     assert uses_cuda_graph(None, "ort", reused=True) is True
     assert uses_cuda_graph(None, "ort", reused=False) is False
-    assert not any(uses_cuda_graph(None, b, reused=True) for b in ("trt", "trt-rtx"))
+    assert uses_cuda_graph(None, "trt-rtx", reused=True) is False  # read from its capabilities, not its name
     assert uses_cuda_graph(False, "ort", reused=True) is False and uses_cuda_graph(True, "ort", reused=False)

@@ -15,7 +15,7 @@ from trt_distri.engines.backend import get_backend
 from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
 from trt_distri.errors import CorruptEngineError
-from trt_distri.export.manifest import Manifest
+from trt_distri.manifest import Manifest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
 from export_helpers import export_tiny  # noqa: E402
@@ -30,23 +30,23 @@ def built(tiny_sdxl, tmp_path_factory):
 
 
 def _store(manifest: Manifest):
-    return get_backend("ort").shared_weight_store(manifest.root / manifest.data["weights"]["file"], None)
+    return get_backend("ort").shared_weight_store(manifest.root / manifest.weights.file, None)
 
 
 def test_both_graph_sets_share_one_copy(built):
     cache, store = EngineCache(built, get_backend("ort")), _store(built)
     segments = built.segments("warmup") + built.segments("steady")
-    sessions = [cache.load(s, None, weights=store) for s in segments]
+    sessions = [cache.load(s, weights=store) for s in segments]
     used = {name for s in segments for name, *_ in json.loads(cache.meta_path(cache.path(s, "cpu")).read_text())["weights"]}
     assert store.count() == len(used) > 0  # each weight once, although both sets read (almost) all of them
-    assert store.bytes <= built.data["weights"]["bytes"]
+    assert store.bytes <= built.weights.bytes
     assert all(s.weights is store for s in sessions if s.weights is not None)
 
 
 def test_shared_weights_compute_what_own_copies_do(built):
     cache, store = EngineCache(built, get_backend("ort")), _store(built)
-    segment = max(built.segments("steady"), key=lambda s: len(s["inputs"]))
-    shared, own = cache.load(segment, None, weights=store), cache.load(segment, None)
+    segment = max(built.segments("steady"), key=lambda s: len(s.inputs))
+    shared, own = cache.load(segment, weights=store), cache.load(segment)
     rng = np.random.default_rng(0)
     feeds = {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in own.inputs}
     for name, value in own.run_host(feeds).items():
@@ -55,12 +55,12 @@ def test_shared_weights_compute_what_own_copies_do(built):
 
 def test_a_short_weights_file_is_named(built, tmp_path):
     short = tmp_path / "weights.bin"
-    short.write_bytes((built.root / built.data["weights"]["file"]).read_bytes()[:1000])
+    short.write_bytes((built.root / built.weights.file).read_bytes()[:1000])
     cache = EngineCache(built, get_backend("ort"))
     store = get_backend("ort").shared_weight_store(short, None)
     segment = built.segments("steady")[-1]
     with pytest.raises(CorruptEngineError, match="too short for weight .* Fix: export the work directory again"):
-        cache.load(segment, None, weights=store)
+        cache.load(segment, weights=store)
 
 
 def test_dlpack_view_reads_the_bytes_in_place(monkeypatch):

@@ -12,9 +12,11 @@ import onnxruntime as ort
 import pytest
 
 from trt_distri.engines.capabilities import capabilities, import_trt
-from trt_distri.engines.trt import (BuildOptions, TensorInfo, build_engine, build_engine_with_io,
-                                    check_io_against_manifest, inspect_engine)
+from trt_distri.engines.backend import TensorInfo
+from trt_distri.engines.io_check import check_io_against_manifest
+from trt_distri.engines.trt import BuildOptions, build_engine, build_engine_with_io, inspect_engine
 from trt_distri.errors import ConfigError, EngineBuildError, ManifestError, MissingPackageError
+from trt_distri.manifest import Segment, decode_record
 
 B, H, W, L = 1, 4, 4, 16  # L = H * W tokens
 
@@ -92,7 +94,7 @@ def test_builds_and_network_io_matches_segment(graph: tuple[Path, str]) -> None:
     engine, io = build_engine_with_io(path, "trt-rtx", BuildOptions(optimization_level=3, workspace_bytes=1 << 28))
     assert len(engine) > 0
     assert TensorInfo("sample", (B, 32, H, W), "float32", True) in io
-    check_io_against_manifest(io, _segment(dtype))
+    check_io_against_manifest(io, decode_record(Segment, _segment(dtype)))
 
 
 @pytest.mark.rtx
@@ -168,7 +170,7 @@ def test_check_io_lists_every_mismatch() -> None:
           TensorInfo("attn1.out", (B, L, 16), "float16", False),
           TensorInfo("extra", (1,), "float32", False)]
     with pytest.raises(ManifestError) as info:
-        check_io_against_manifest(io, _segment("float16"))
+        check_io_against_manifest(io, decode_record(Segment, _segment("float16")))
     message = str(info.value)
     assert "5 mismatches" in message and "'kv.attn1.peer1' missing" in message and "'extra' unexpected" in message
     assert "'sample' dtype: expected float32, got float16" in message

@@ -10,7 +10,7 @@ import pytest
 from trt_distri.config import ExportRequest, GNMode, Precision
 from trt_distri.errors import ConfigError, UnsupportedModelError
 from trt_distri.export.exporter import export_unet
-from trt_distri.export.manifest import Manifest
+from trt_distri.manifest import Manifest
 from trt_distri.export.simulate import Simulator
 from trt_distri.export.unet_check import check_call
 from trt_distri.models import random_unet
@@ -38,13 +38,14 @@ def test_every_graph_passes_checker_and_loads_in_onnxruntime(workdir):
         path = str(manifest.graph_path(seg))
         onnx.checker.check_model(path, full_check=True)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        assert [i.name for i in session.get_inputs()] == [i["name"] for i in seg["inputs"]]
-        assert [o.name for o in session.get_outputs()] == [o["name"] for o in seg["outputs"]]
+        assert [i.name for i in session.get_inputs()] == [i.name for i in seg.inputs]
+        assert [o.name for o in session.get_outputs()] == [o.name for o in seg.outputs]
 
 
 @pytest.mark.rtx
 def test_every_graph_parses_and_builds_with_tensorrt_rtx(workdir):
-    from trt_distri.engines.trt import BuildOptions, build_engine_with_io, check_io_against_manifest
+    from trt_distri.engines.io_check import check_io_against_manifest
+    from trt_distri.engines.trt import BuildOptions, build_engine_with_io
 
     manifest = Manifest.load(workdir)
     for seg in _segments(manifest):
@@ -55,35 +56,35 @@ def test_every_graph_parses_and_builds_with_tensorrt_rtx(workdir):
 
 def test_weights_are_external_and_stored_once(workdir):
     manifest = Manifest.load(workdir)
-    weights = manifest.data["weights"]
-    assert (workdir / weights["file"]).stat().st_size == weights["bytes"]
+    weights = manifest.weights
+    assert (workdir / weights.file).stat().st_size == weights.bytes
     for seg in _segments(manifest):
         model = onnx.load(str(manifest.graph_path(seg)), load_external_data=False)
         inline = [i.name for i in model.graph.initializer
                   if i.data_location != onnx.TensorProto.EXTERNAL and len(i.raw_data) > 4096]
-        assert not inline, f"{seg['name']} holds weights inline: {inline[:3]}"
+        assert not inline, f"{seg.name} holds weights inline: {inline[:3]}"
 
 
 def test_manifest_wiring_is_consistent(workdir):
     manifest = Manifest.load(workdir)
-    entries = {e["name"]: e for e in manifest.data["exchange"]["entries"]}
+    entries = manifest.exchange.by_name()
     for set_name in ("warmup", "steady"):
         produced_in = {}
         for index, seg in enumerate(manifest.segments(set_name)):
-            start, stop = seg["exchange_range"]
-            for out in seg["outputs"]:
-                if out["role"] == "fresh":
-                    e = entries[out["name"]]
-                    assert start <= e["offset"] and e["offset"] + e["nbytes"] <= stop
-                    assert (e["shape"], e["dtype"]) == (out["shape"], out["dtype"])
-                    produced_in[out["name"]] = index
-            for inp in seg["inputs"]:
-                if inp["role"] != "stale":
+            start, stop = seg.exchange_range
+            for out in seg.outputs:
+                if out.role == "fresh":
+                    e = entries[out.name]
+                    assert start <= e.offset and e.offset + e.nbytes <= stop
+                    assert (e.shape, e.dtype) == (out.shape, out.dtype)
+                    produced_in[out.name] = index
+            for inp in seg.inputs:
+                if inp.role != "stale":
                     continue
-                source = entries[inp["source"]["entry"]]
-                assert (source["shape"], source["dtype"]) == (inp["shape"], inp["dtype"]), inp["name"]
+                source = entries[inp.source.entry]
+                assert (source.shape, source.dtype) == (inp.shape, inp.dtype), inp.name
                 if set_name == "warmup":  # synchronous: produced by an earlier segment, exchanged in between
-                    assert produced_in[inp["source"]["entry"]] < index, inp["name"]
+                    assert produced_in[inp.source.entry] < index, inp.name
 
 
 def test_existing_workdir_is_not_overwritten_without_flag(tmp_path):
@@ -123,6 +124,9 @@ def test_manifest_records_plan_and_modes(tmp_path):
     assert data["plan"]["devices"] == 2 and data["plan"]["latent_height"] == 16 and data["gn_mode"] == "stale"
     assert data["plan"]["levels"][0] == {"rows": 8, "width": 24}
     assert len(data["graph_sets"]["steady"]) < len(data["graph_sets"]["warmup"])
+    assert data["conditioning"] == {"text_len": 77, "inputs": [
+        {"name": "encoder_hidden_states", "shape": [77, 32]}, {"name": "text_embeds", "shape": [24]},
+        {"name": "time_ids", "shape": [6]}]}
 
 
 @pytest.mark.parametrize("gpus,size,warned", [(4, 1024, True), (2, 1024, False), (1, 512, False)])

@@ -5,6 +5,7 @@ import pytest
 
 from trt_distri.errors import ConfigError, TrtDistriError, UnsplittableError
 from trt_distri.export.plan import PatchPlan, make_plan, num_downsamples
+from trt_distri.manifest import Plan, decode_record
 from trt_distri.models import UNET_CONFIGS
 
 SDXL, SD15, TINY_SDXL = UNET_CONFIGS["sdxl"], UNET_CONFIGS["sd15"], UNET_CONFIGS["tiny-sdxl"]
@@ -21,8 +22,6 @@ def test_sdxl_3840_on_4_devices_rows_per_level():
     assert (plan.latent_height, plan.latent_width, plan.num_levels) == (480, 480, 3)
     assert [plan.level_rows(level) for level in range(3)] == [120, 60, 30]
     assert [plan.level_width(level) for level in range(3)] == [480, 240, 120]
-    assert plan.rows(3, 0) == (360, 480)
-    assert plan.rows(3, 2) == (90, 120)
 
 
 @pytest.mark.parametrize("devices", [1, 2, 3, 4])
@@ -42,7 +41,6 @@ def test_sd15_refuses_a_height_sdxl_accepts():
 
 def test_three_devices_where_the_height_divides():
     plan = make_plan(SDXL, 768, 1024, 3)
-    assert [plan.rows(rank) for rank in range(3)] == [(0, 32), (32, 64), (64, 96)]
     assert [plan.level_rows(level) for level in range(3)] == [32, 16, 8]
 
 
@@ -85,14 +83,8 @@ def test_non_positive_size():
         make_plan(SDXL, 0, 1024, 1)
 
 
-def test_rank_outside_the_plan():
-    plan = make_plan(SDXL, 1024, 1024, 2)
-    with pytest.raises(ConfigError, match="0 <= rank < 2"):
-        plan.rows(2)
-
-
 def test_json_round_trip():
     plan = make_plan(SDXL, 1024, 768, 4)
     data = plan.to_json()
     assert data["levels"] == [{"rows": 32, "width": 96}, {"rows": 16, "width": 48}, {"rows": 8, "width": 24}]
-    assert PatchPlan.from_json(data) == plan
+    assert PatchPlan.from_manifest(decode_record(Plan, data)) == plan

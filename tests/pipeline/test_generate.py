@@ -91,9 +91,9 @@ def test_encoders_and_vae_load_as_transient_sessions(workdir, monkeypatch):
         def __init__(self, inner):
             self.inner = inner
 
-        def load(self, path, device, **kwargs):
-            loads.append((Path(path).name, kwargs.get("transient", False)))
-            return self.inner.load(path, device, **kwargs)
+        def load(self, path, options):
+            loads.append((Path(path).name, options.transient))
+            return self.inner.load(path, options)
 
         def __getattr__(self, name):
             return getattr(self.inner, name)

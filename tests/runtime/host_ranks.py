@@ -21,9 +21,9 @@ class HostRankServer(RankServer):
     def join(self, ids, group, rank, topo):
         return LocalComm(LocalGroup(topo.devices), self.world_rank, topo.devices, self.device)
 
-    def session_opener(self, workdir, backend, index, cuda_graph):
+    def session_opener(self, manifest, backend, index, cuda_graph):
         assert cuda_graph in (True, False)  # resolved by the pool before the processes start
-        return session_opener(workdir, backend, None, self.device)
+        return session_opener(manifest, backend, None, self.device)
 
 
 def serve_host_rank(spec):

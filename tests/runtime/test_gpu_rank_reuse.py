@@ -1,10 +1,9 @@
-"""The library API on GPUs keeps its rank processes loaded between generations (api_ranks.GpuRanks over
+"""The library API on GPUs keeps its rank processes loaded between generations (runtime.gpu.GpuRanks over
 runtime.gpu.GpuRankPool), with a stand-in pool: the processes themselves are tested in test_launch.py."""
 from __future__ import annotations
 
 import pytest
 
-from trt_distri.api_ranks import GpuRanks
 from trt_distri.runtime.comm import RankFailedError
 from trt_distri.runtime.executor import RunOptions
 
@@ -33,9 +32,8 @@ def ranks(monkeypatch, tmp_path):
 
     FakePool.loads = []
     monkeypatch.setattr(gpu, "GpuRankPool", FakePool)
-    data = {"plan": {"devices": 2}, "cfg_split": False}
-    monkeypatch.setattr("trt_distri.api_ranks.Topology.from_manifest", lambda d: type("T", (), {"world": 2})())
-    return GpuRanks(tmp_path, data, "ort", None, None, None)
+    monkeypatch.setattr(gpu.Topology, "from_manifest", lambda m: gpu.Topology(2, 1))
+    return gpu.GpuRanks(type("Manifest", (), {"root": tmp_path})(), "ort", None, None, None)
 
 
 def test_ranks_load_once_and_serve_every_generation(ranks):

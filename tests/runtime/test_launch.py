@@ -1,6 +1,7 @@
 """Process supervision: results, and a failing or killed worker stopping every worker in bounded time."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launch_targets import counting_server, echo, one_is_killed, one_raises
+from launch_targets import counting_server, echo, logs_a_warning, one_is_killed, one_raises
+from trt_distri import log
 from trt_distri.errors import ConfigError
 from trt_distri.runtime.comm import RankFailedError
 from trt_distri.runtime.launch import RankPool, WorkerSpec, launcher_env, rendezvous_ids
@@ -27,6 +29,18 @@ def test_results_come_back_in_rank_order():
         assert pool.ready == [0, 10, 20] and pool.call("x", timeout_s=60) == [(0, "x"), (1, "x"), (2, "x")]
     finally:
         pool.close()
+
+
+def test_workers_log_as_the_parent_does_with_their_rank(capfd):
+    handler = log.configure()
+    try:
+        RankPool(logs_a_warning, _specs(2), timeout_s=60).close()
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger(log.PACKAGE_LOGGER).setLevel(logging.NOTSET)
+    err = capfd.readouterr().err
+    assert "[rank 0] WARNING trt_distri.runtime.worker: loaded" in err
+    assert "[rank 1] WARNING trt_distri.runtime.worker: loaded" in err
 
 
 @pytest.mark.parametrize("target,message", [(one_raises, "rank 1 failed: ValueError: device lost"),

@@ -2,7 +2,6 @@
 slot, own stale entries in a small buffer of their own."""
 from __future__ import annotations
 
-import json
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trt_distri.config import GNMode, Precision
-from trt_distri.export.manifest import nbytes
+from trt_distri.manifest import Manifest
 from trt_distri.runtime.layout import RankLayout, pack_activations, peer_slot
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
@@ -18,44 +17,44 @@ from export_helpers import export_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def manifest(tiny_sdxl, tmp_path_factory) -> dict:
+def manifest(tiny_sdxl, tmp_path_factory) -> Manifest:
     workdir = export_tiny(tiny_sdxl, "tiny-sdxl", tmp_path_factory.mktemp("layout"), 3, 96, 64,
                           GNMode.CORRECTED_ASYNC, Precision.FP16)
-    return json.loads((workdir / "manifest.json").read_text())
+    return Manifest.load(workdir)
 
 
 def _lifetimes(graph_sets: dict) -> dict[str, dict[str, tuple[int, int]]]:
     spans: dict[str, dict[str, tuple[int, int]]] = {}
     for set_name, segments in graph_sets.items():
         for i, seg in enumerate(segments):
-            for spec in seg["inputs"] + seg["outputs"]:
-                if spec["role"] == "activation":
-                    lo, hi = spans.setdefault(spec["name"], {}).get(set_name, (i, i))
-                    spans[spec["name"]][set_name] = (min(lo, i), max(hi, i))
+            for spec in seg.inputs + seg.outputs:
+                if spec.role == "activation":
+                    lo, hi = spans.setdefault(spec.name, {}).get(set_name, (i, i))
+                    spans[spec.name][set_name] = (min(lo, i), max(hi, i))
     return spans
 
 
 def test_live_activations_never_share_bytes(manifest):
-    offsets, total = pack_activations(manifest["graph_sets"])
+    offsets, total = pack_activations(manifest.graph_sets)
     layout = RankLayout.from_manifest(manifest, 1)
-    spans = _lifetimes(manifest["graph_sets"])
-    sizes = {s["name"]: s for segs in manifest["graph_sets"].values() for seg in segs for s in seg["outputs"]}
+    spans = _lifetimes(manifest.graph_sets)
+    sizes = {s.name: s for seg in manifest.unet_segments() for s in seg.outputs}
     shared = 0
     for a, b in combinations(offsets, 2):
         live_together = any(s in spans[b] and spans[a][s][0] <= spans[b][s][1] and spans[b][s][0] <= spans[a][s][1]
                             for s in spans[a])
-        a_end = offsets[a] + nbytes(sizes[a]["shape"], sizes[a]["dtype"])
-        b_end = offsets[b] + nbytes(sizes[b]["shape"], sizes[b]["dtype"])
+        a_end = offsets[a] + sizes[a].nbytes
+        b_end = offsets[b] + sizes[b].nbytes
         disjoint = a_end <= offsets[b] or b_end <= offsets[a]
         assert disjoint or not live_together, (a, b)
         shared += not disjoint
-    naive = sum(nbytes(sizes[n]["shape"], sizes[n]["dtype"]) for n in offsets)
+    naive = sum(sizes[n].nbytes for n in offsets)
     assert shared > 0 and total < naive  # memory is really reused, and the block is smaller than one buffer each
     assert layout.buffers["activations"] == total
 
 
 def test_gathered_area_has_no_own_slot(manifest):
-    n = manifest["plan"]["devices"]
+    n = manifest.devices
     for rank in range(n):
         layout = RankLayout.from_manifest(manifest, rank)
         assert layout.buffers["gathered"] == (n - 1) * layout.area_bytes

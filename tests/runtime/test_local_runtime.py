@@ -76,11 +76,10 @@ def test_no_comm_skips_the_exchange(tiny_sd, tmp_path):
 
 
 def test_a_rank_outside_the_plan_is_refused(tiny_sd, tmp_path):
-    import json
-
+    from trt_distri.manifest import Manifest
     from trt_distri.runtime.layout import RankLayout
 
-    data = json.loads((_export(tiny_sd, "tiny-sd", tmp_path, 2) / "manifest.json").read_text())
+    data = Manifest.load(_export(tiny_sd, "tiny-sd", tmp_path, 2))
     assert RankLayout.from_manifest(data, 1).rank == 1
     with pytest.raises(TrtDistriError, match=r"patch rank 2 does not exist.*expected a rank in 0\.\.1, got 2"):
         RankLayout.from_manifest(data, 2)
