@@ -26,8 +26,6 @@ from trt_distri.schedule import LinearSchedule
 
 log = logging.getLogger(__name__)
 LOAD_THREADS = int(os.environ.get("TRT_DISTRI_LOAD_THREADS", str(min(8, os.cpu_count() or 4))))
-#: run each GPU session once while the rank loads (0: no), so that its first-run setup overlaps loading
-WARM_AT_LOAD = os.environ.get("TRT_DISTRI_WARM_AT_LOAD", "1") != "0"
 
 
 #: Per-call model inputs of this rank's UNet batch (fp32), by graph input name: the manifest's `conditioning`.
@@ -71,8 +69,10 @@ def _open_all(open_session, segments: list[Segment], stream: int,
               prepare: Callable[[Segment, object], None]) -> list:
     """Open every segment's session, several at a time: session creation (graph parsing, kernel selection, weight
     upload) is mostly native code, and an SDXL work directory has about 140 sessions per rank. `prepare(segment,
-    session)` runs in the loading thread right after (binding, and on a GPU one run whose first-run setup then
-    overlaps the other sessions' loading instead of adding to the first step)."""
+    session)` (binding) runs in the loading thread right after. Running each session once there, so that its
+    first-run setup would overlap loading, was tried on 2 x H200 (2026-11-30) and broke: ORT runs of several
+    threads on the one compute stream invalidated CUDA-graph captures (cuBLAS failure 14) and crashed a 1-GPU rank
+    (SIGSEGV); sessions therefore run only from the rank's own thread."""
     workers = max(1, min(LOAD_THREADS, len(segments)))
 
     def load(segment: Segment):
@@ -100,15 +100,11 @@ class RankExecutor:
         segments = manifest.unet_segments()
         slots = {seg.name: self._unet_slots(seg) for plans in layout.sets.values() for seg in plans}
         slots["step"] = self._step_slots()
-        warm = WARM_AT_LOAD and device.kind == "cuda"
 
         def prepare(segment: Segment, session) -> None:
             self._bind(session, slots["step" if segment is manifest.step else segment.name])
-            if warm:
-                session.run_async(self.compute)
 
         opened = _open_all(open_session, segments + [manifest.step], self.compute, prepare)
-        device.synchronize(self.compute)
         self.sessions = {s.name: session for s, session in zip(segments, opened)}
         self.sessions["step"] = opened[-1]
         self.memory["sessions"] = device.memory_used() - self.memory["context"] - self.memory["buffers"]
