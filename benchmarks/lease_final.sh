@@ -43,9 +43,16 @@ reference() {  # SIZE GPUS MODE(split|patches)
     bash .reference/wheels/p00/collect.sh >/dev/null && source /tmp/ref-wheels/env.sh || exit 1
     export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$here"
     flag=$([ "$3" = patches ] && echo --no-split-batch)
+    result="$out/reference/ref-$1-g$2-$3.json"
     python "$here/benchmarks/peak_memory.py" --out "$out/reference/peak-ref-$1-g$2-$3.json" -- \
       timeout 300 python3 -m torch.distributed.run --nproc_per_node "$2" benchmarks/reference/run_distrifuser.py \
-      --size "$1" --steps 10 --warmup 4 $flag --out "$out/reference/ref-$1-g$2-$3.json"
+      --size "$1" --steps 10 --warmup 4 $flag --out "$result" &
+    # its teardown has hung until the timeout after the result was written (lease D): 20 s after it, stop it
+    local pid=$!
+    while kill -0 $pid 2>/dev/null && [ ! -f "$result" ]; do sleep 2; done
+    for _ in $(seq 10); do kill -0 $pid 2>/dev/null && sleep 2; done
+    pkill -TERM -f "run_distrifuse[r].py --size $1" 2>/dev/null
+    wait $pid
   )
 }
 
