@@ -89,7 +89,8 @@ class Generator:
 
     def __init__(self, workdir: str | Path, device: str | None = None, rank: int | None = None,
                  world: int | None = None, *, backend: str = DEFAULT_BACKEND, gpu: int | None = None,
-                 rendezvous: str | Path | None = None, cuda_graph: bool | None = None) -> None:
+                 rendezvous: str | Path | None = None, cuda_graph: bool | None = None,
+                 keep_parts_loaded: bool = True) -> None:
         if backend not in BACKENDS:
             raise InvalidArgumentError(f"unknown backend {backend!r}. Note: expected one of {', '.join(BACKENDS)}")
         self.workdir = Path(workdir)
@@ -97,6 +98,9 @@ class Generator:
         self.device = _pick_device(device)
         self.backend = backend
         self.cuda_graph = cuda_graph  # GPU ranks: None is the backend's default (runtime.executor.uses_cuda_graph)
+        # the text encoders and the VAE stay loaded from their first use to close(): loading them again for every
+        # image is most of an encode; False loads them per image (less memory on the auxiliary GPU between images)
+        self.keep_parts_loaded, self._encoder, self._decoder = keep_parts_loaded, None, None
         self.info = WorkdirInfo.from_manifest(self.manifest)
         self._check_world(world)
         self._lock = threading.Lock()
@@ -119,8 +123,6 @@ class Generator:
     def generate(self, prompt: str, negative_prompt: str = "", **params) -> Result:
         """Prompt -> image with the work directory's text encoders, UNet ranks and VAE (trt_distri.pipeline);
         equals `trt_distri.pipeline.generate_image` for the same arguments."""
-        from trt_distri.pipeline import encode_prompt
-
         p = self._params(params)
         if self.manifest.text_encoders is None:
             raise UnavailableError(f"no text encoders in {self.workdir}: it was exported from a UNet alone. Note: "
@@ -129,7 +131,7 @@ class Generator:
         with self._lock:
             self._check_open()
             start = time.perf_counter()
-            emb = encode_prompt(self.workdir, prompt, negative_prompt, self._aux_device, self.manifest)
+            emb = self._prompt_encoder().encode(prompt, negative_prompt, self.manifest.guidance)
             return self._generate(emb, p, start)
 
     def generate_from_embeddings(self, cond: np.ndarray, uncond: np.ndarray | None = None,
@@ -147,7 +149,7 @@ class Generator:
             return self._generate(emb, p, time.perf_counter())
 
     def _generate(self, emb, p: Params, start: float) -> Result:
-        from trt_distri.pipeline import decode_latents, generation_inputs
+        from trt_distri.pipeline import generation_inputs
 
         inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed)
         latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps, cuda_graph=self.cuda_graph))
@@ -158,8 +160,22 @@ class Generator:
                 "the latents with the model's VAE"))
         if latents is None:
             return Result(None, None, time.perf_counter() - start, "only world rank 0 receives the image")
-        image = decode_latents(self.workdir, self.manifest, latents, self._aux_device)
+        image = self._vae_decoder().decode(latents)
         return Result(latents, image, time.perf_counter() - start)
+
+    def _prompt_encoder(self):
+        from trt_distri.prompt import PromptEncoder
+
+        encoder = self._encoder or PromptEncoder(self.workdir, self.manifest, self._aux_device)
+        self._encoder = encoder if self.keep_parts_loaded else None
+        return encoder
+
+    def _vae_decoder(self):
+        from trt_distri.pipeline import VaeDecoder
+
+        decoder = self._decoder or VaeDecoder(self.workdir, self.manifest, self._aux_device)
+        self._decoder = decoder if self.keep_parts_loaded else None
+        return decoder
 
     def _conditioning(self, cond, uncond) -> tuple[np.ndarray, np.ndarray | None]:
         info = self.info
@@ -212,6 +228,7 @@ class Generator:
         """Release every session and buffer (idempotent); later calls raise ClosedError."""
         with self._lock:
             ranks, self._ranks = getattr(self, "_ranks", None), None
+            self._encoder = self._decoder = None
             if ranks is not None:
                 ranks.close()
             gc.collect()  # sessions sit in reference cycles (executor <-> bound sessions): free them now

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,10 +126,33 @@ def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, sch
                             emb.time_ids)
 
 
+def start_gpu_ranks(manifest: Manifest, target: Target) -> Future | None:
+    """The GPU rank processes of the built-in launcher, loading from now on in the background (a Future of the
+    GpuRankPool), so that their loading overlaps the text encoding of a fresh process; None elsewhere."""
+    if target.device == "cpu" or target.launcher == "env":
+        return None
+    from trt_distri.runtime.generation import Topology
+    from trt_distri.runtime.gpu import GpuRankPool
+
+    gpus = list(target.gpus) if target.gpus else list(range(Topology.from_manifest(manifest).world))
+    starter = ThreadPoolExecutor(1, thread_name_prefix="ranks")
+    future = starter.submit(GpuRankPool, manifest.root, gpus, target.backend, target.cuda_graph,
+                            reused=target.repeats > 1)
+    starter.shutdown(wait=False)
+    return future
+
+
+def _stop(ranks: Future | None) -> None:
+    """Close rank processes started by start_gpu_ranks once their start has ended (a failed start left none)."""
+    if ranks is not None and ranks.exception() is None:
+        ranks.result().close()
+
+
 def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target: Target, no_comm: bool = False,
-            on_step=None):
+            on_step=None, ranks: Future | None = None):
     """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports).
-    `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end."""
+    `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end. `ranks`: GPU rank
+    processes already started (start_gpu_ranks), used for this one call; the caller stops them."""
     from trt_distri.runtime.executor import RunOptions
     from trt_distri.runtime.generation import Topology
 
@@ -150,29 +174,43 @@ def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target
             raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
         latents, report = run_launched_rank(workdir, inputs, options, target.rendezvous, target.backend)
         return latents, [report]
+    if ranks is not None:
+        return ranks.result().generate(inputs, options, target.repeats)
     from trt_distri.runtime.gpu import run_gpus
 
     gpus = list(target.gpus) if target.gpus else list(range(world))
     return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats)
 
 
+class VaeDecoder:
+    """The exported VAE decoder's session (ONNX Runtime, CPU or one GPU), kept for as long as its owner keeps it."""
+
+    def __init__(self, workdir: str | Path, manifest: Manifest, device: int | None = None) -> None:
+        from trt_distri.engines.backend import LoadOptions, onnx_runner
+
+        self.manifest = manifest
+        self.session = onnx_runner().load(Path(workdir) / manifest.vae.file, LoadOptions(device, transient=True))
+
+    def decode(self, latents: np.ndarray, progress: Progress | None = None, tile: int | None = None) -> np.ndarray:
+        """Final latents -> (H, W, 3) uint8 image, tiled beyond the VAE's native size."""
+        vae = self.manifest.vae
+        z = latents.astype(np.float32)
+        if vae.latents_mean is not None and vae.latents_std is not None:
+            mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (vae.latents_mean, vae.latents_std))
+            z = z * std / np.float32(vae.scaling_factor) + mean
+        else:
+            z = z / np.float32(vae.scaling_factor) + np.float32(vae.shift_factor or 0.0)
+        tile = tile or max(1, vae.sample_size // vae.scale)
+        image = decode_tiled(lambda x: self.session.run_host({"latents": x})["image"], z, tile, vae.scale,
+                             progress=None if progress is None else lambda d, t: progress("decode", d, t))
+        return to_uint8(image)
+
+
 def decode_latents(workdir: str | Path, manifest: Manifest, latents: np.ndarray, device: int | None = None,
                    progress: Progress | None = None, tile: int | None = None) -> np.ndarray:
-    """Final latents -> (H, W, 3) uint8 image through the exported VAE decoder, tiled beyond its native size."""
-    from trt_distri.engines.backend import LoadOptions, onnx_runner
-
-    vae = manifest.vae
-    session = onnx_runner().load(Path(workdir) / vae.file, LoadOptions(device, transient=True))
-    z = latents.astype(np.float32)
-    if vae.latents_mean is not None and vae.latents_std is not None:
-        mean, std = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (vae.latents_mean, vae.latents_std))
-        z = z * std / np.float32(vae.scaling_factor) + mean
-    else:
-        z = z / np.float32(vae.scaling_factor) + np.float32(vae.shift_factor or 0.0)
-    tile = tile or max(1, vae.sample_size // vae.scale)
-    image = decode_tiled(lambda x: session.run_host({"latents": x})["image"], z, tile, vae.scale,
-                         progress=None if progress is None else lambda d, t: progress("decode", d, t))
-    return to_uint8(image)
+    """Final latents -> (H, W, 3) uint8 image through the exported VAE decoder, tiled beyond its native size (a
+    decoder loaded for this call and dropped after it; `VaeDecoder` keeps one)."""
+    return VaeDecoder(workdir, manifest, device).decode(latents, progress, tile)
 
 
 def check_workdir(manifest: Manifest, workdir: Path, height: int | None, width: int | None,
@@ -205,14 +243,18 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
     report = progress or (lambda stage, done, total: None)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    report("encode", 0, 1)
-    emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest)
-    inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed)
-    stages["encode"] = _lap(start, stages)
-    report("encode", 1, 1)
-    report("denoise", 0, steps)
-    latents, reports = denoise(workdir, manifest, inputs, warmup_steps, target,
-                               on_step=lambda done, total: report("denoise", done, total))
+    ranks = start_gpu_ranks(manifest, target)  # they load while this process encodes
+    try:
+        report("encode", 0, 1)
+        emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest)
+        inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed)
+        stages["encode"] = _lap(start, stages)
+        report("encode", 1, 1)
+        report("denoise", 0, steps)
+        latents, reports = denoise(workdir, manifest, inputs, warmup_steps, target,
+                                   on_step=lambda done, total: report("denoise", done, total), ranks=ranks)
+    finally:
+        _stop(ranks)
     stages["denoise"] = _lap(start, stages)
     report("denoise", steps, steps)
     image = None

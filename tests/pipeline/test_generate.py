@@ -104,3 +104,21 @@ def test_encoders_and_vae_load_as_transient_sessions(workdir, monkeypatch):
     assert transient == {"text_encoder.onnx", "text_encoder_2.onnx", "vae_decoder.onnx"}, loads
     # UNet segments (loaded here unless an earlier test left them open) share the arena as before
     assert not any(flag for name, flag in loads if name.startswith(("warmup.", "steady.", "step.")))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_generator_keeps_encoders_and_vae_loaded(workdir, monkeypatch, keep):
+    """The API loads the text encoders and the VAE once and keeps them to close() (keep_parts_loaded, the
+    default); without it, each image loads them again. The images are the same either way."""
+    from trt_distri import pipeline, prompt
+    from trt_distri.api import Generator
+
+    loads = []
+    for module, name in ((prompt, "PromptEncoder"), (pipeline, "VaeDecoder")):
+        cls = getattr(module, name)
+        monkeypatch.setattr(module, name, type(name, (cls,), {"__init__": lambda self, *a, _cls=cls, **k: (
+            loads.append(_cls.__name__), _cls.__init__(self, *a, **k))[1]}))
+    with Generator(workdir("tiny-sdxl"), device="cpu", keep_parts_loaded=keep) as generator:
+        first, second = (generator.generate("a fox", steps=2, seed=3).image for _ in range(2))
+    assert sorted(loads) == sorted(["PromptEncoder", "VaeDecoder"] * (1 if keep else 2))
+    np.testing.assert_array_equal(first, second)

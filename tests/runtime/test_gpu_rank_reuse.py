@@ -86,3 +86,34 @@ def test_a_loaded_rank_process_generates_again_and_again(request, tmp_path, monk
     assert [r["variant"] for r in again_reports[0]["runs"]] == ["run", "run", "sync", "sync"]
     assert set(again_reports[0]["variant_latents"]) == {"run", "sync"} and reports[0]["gpu"] == 0
     assert not ranks.open and pid > 0
+
+
+def test_a_fresh_image_starts_its_ranks_before_encoding(monkeypatch, tmp_path):
+    """`generate_image` on GPUs starts the rank processes first, so that they load while the main process encodes
+    the prompt; the one-shot pool serves the denoise and is stopped afterwards, also when encoding fails."""
+    import trt_distri.pipeline as pipeline
+    import trt_distri.runtime.gpu as gpu
+
+    order, pools = [], []
+
+    class Pool(FakePool):
+        def __init__(self, workdir, gpus, backend, cuda_graph, reused):
+            super().__init__(workdir, gpus, backend, cuda_graph)
+            order.append("ranks start")
+            pools.append(self)
+
+        def generate(self, inputs, options, repeats=1):
+            order.append("denoise")
+            return super().generate(inputs, options)
+
+    monkeypatch.setattr(gpu, "GpuRankPool", Pool)
+    manifest = type("Manifest", (), {"root": tmp_path})()
+    monkeypatch.setattr(gpu.Topology, "from_manifest", lambda m: gpu.Topology(2, 1))
+    target = pipeline.Target("cuda", (0, 1))
+    ranks = pipeline.start_gpu_ranks(manifest, target)
+    order.append("encode")
+    latents, _ = pipeline.denoise(tmp_path, manifest, "inputs", 4, target, ranks=ranks)
+    pipeline._stop(ranks)
+    assert latents == "latents 1" and set(order[:2]) == {"ranks start", "encode"} and order[-1] == "denoise"
+    assert pools[0].gpus == [0, 1] and not pools[0].open
+    assert pipeline.start_gpu_ranks(manifest, pipeline.Target("cpu")) is None
