@@ -61,6 +61,11 @@ class Capabilities:
     """`BuilderFlag.STRIP_PLAN`: weight-stripped engines, refitted from the ONNX weights at load."""
     supports_weight_streaming: bool
     """`BuilderFlag.WEIGHT_STREAMING`: weights may stay in host memory and stream in (large UNets on small GPUs)."""
+    supports_refit_identical: bool
+    """`BuilderFlag.REFIT_IDENTICAL`: refit only with the build's own weights (weight-stripped engines)."""
+    supports_user_allocation: bool
+    """`BuilderFlag.REQUIRE_USER_ALLOCATION` (TensorRT-RTX): engines use the caller's memory where possible, which
+    RTX requires for CUDA stream capture; set on every build where it exists."""
     supports_decomposable_attention: bool
     """`IAttention.decomposable`: an attention without a fused kernel (e.g. fp16 head dim < 16) may be split up."""
 
@@ -98,6 +103,8 @@ def probe_capabilities(kind: str, trt: ModuleType) -> Capabilities:
         supports_refit=hasattr(trt.BuilderFlag, "REFIT"),
         supports_strip_plan=hasattr(trt.BuilderFlag, "STRIP_PLAN"),
         supports_weight_streaming=hasattr(trt.BuilderFlag, "WEIGHT_STREAMING"),
+        supports_refit_identical=hasattr(trt.BuilderFlag, "REFIT_IDENTICAL"),
+        supports_user_allocation=hasattr(trt.BuilderFlag, "REQUIRE_USER_ALLOCATION"),
         supports_decomposable_attention=hasattr(trt, "IAttention") and hasattr(trt.IAttention, "decomposable"),
     )
 

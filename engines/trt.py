@@ -21,15 +21,13 @@ import numpy as np
 
 from trt_distri.engines.backend import BackendBuildOptions, TensorInfo
 from trt_distri.engines.capabilities import Capabilities, import_trt, probe_capabilities
+from trt_distri.engines.trt_attention import COST, DECOMPOSERS, NO_FUSED_ATTENTION, lacks_fused_attention
 from trt_distri.errors import ConfigError, EngineBuildError
 
 __all__ = ["BuildOptions", "Capabilities", "TensorInfo", "build_engine", "build_engine_with_io",
            "engine_io", "import_trt", "inspect_engine", "make_logger"]
 
 log = logging.getLogger(__name__)
-
-_NO_FUSED_ATTENTION = "Attention operation was not supported by a dedicated kernel"
-
 
 @dataclass(frozen=True)
 class BuildOptions(BackendBuildOptions):
@@ -41,19 +39,19 @@ class BuildOptions(BackendBuildOptions):
     """Loaded before the build when the file exists, saved after it (ignored where unsupported, e.g. RTX)."""
     strongly_typed: bool = True
     """Tensor types come from the graph, which carries its precision (fp16 weights, fp32 statistics)."""
-    decomposable_attention: bool = False
-    """Let an Attention without a fused kernel (fp16 head dim < 16, tiny test models) build decomposed."""
     refittable: bool = False
-    """`BuilderFlag.REFIT`: the engine's weights can be replaced after the build (another checkpoint)."""
+    """`BuilderFlag.REFIT`: the engine's weights can be replaced after the build (another checkpoint, LoRA); they
+    keep the names of the graph's initializers (the ONNX parser names each weight after its initializer)."""
     strip_weights: bool = False
-    """`BuilderFlag.STRIP_PLAN`: the engine file holds no refittable weights; they are refitted from the ONNX
-    graph's weights when it is loaded (a much smaller engine cache)."""
+    """`BuilderFlag.STRIP_PLAN` with `REFIT_IDENTICAL` (as TensorRT documents for weight-stripped engines refitted
+    with the build's own weights): the engine file holds no weights; they are refitted from the ONNX graph when
+    it is loaded (a much smaller engine cache). With `refittable` too, `REFIT` instead: other weights may come."""
 
     def flags(self) -> dict[str, object]:
         """The settings that change the built engine (the cache key); the timing cache only speeds a build."""
         return {"optimization_level": self.optimization_level, "workspace_bytes": self.workspace_bytes,
-                "strongly_typed": self.strongly_typed, "decomposable_attention": self.decomposable_attention,
-                "refittable": self.refittable, "strip_weights": self.strip_weights}
+                "strongly_typed": self.strongly_typed, "refittable": self.refittable,
+                "strip_weights": self.strip_weights}
 
     @property
     def strips_weights(self) -> bool:
@@ -61,7 +59,9 @@ class BuildOptions(BackendBuildOptions):
 
 
 def make_logger(trt: ModuleType) -> Any:
-    """A `trt.ILogger` that forwards to Python logging and keeps error messages for the exception text."""
+    """A `trt.ILogger` that forwards to Python logging and keeps error messages for the exception text. Set
+    `quiet` while errors are expected answers (probe builds): they are then kept and logged at debug level.
+    A missing fused attention kernel is logged at debug level too: the build handles it (trt_attention.py)."""
     levels = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
               "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}
 
@@ -69,11 +69,13 @@ def make_logger(trt: ModuleType) -> Any:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.quiet = False
 
         def log(self, severity: Any, msg: str) -> None:
             level = levels.get(severity.name, logging.INFO)
             if level >= logging.ERROR:
                 self.errors.append(msg.strip())
+                level = logging.DEBUG if self.quiet or NO_FUSED_ATTENTION in msg else level
             if log.isEnabledFor(level):
                 log.log(level, "[%s] %s", trt.__name__, msg)
 
@@ -119,25 +121,20 @@ def _parser_error(parser: Any, onnx_path: Path, caps: Capabilities, logged: list
         f"Note: expected a graph every node of which {caps.label} imports. Fix: {'; '.join(dict.fromkeys(fixes))}")
 
 
+def _network_flags(trt: ModuleType, caps: Capabilities, options: BuildOptions) -> int:
+    if options.strongly_typed and caps.supports_strongly_typed:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
 def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, caps: Capabilities,
            options: BuildOptions) -> tuple[Any, Any]:
     """The network and its parser (which owns the weights, so it must outlive the build)."""
-    flags = 0
-    if options.strongly_typed and caps.supports_strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(_network_flags(trt, caps, options))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file, so external data next to it is found
         raise _parser_error(parser, onnx_path, caps, logger.errors)
     return network, parser
-
-
-def _mark_attention_decomposable(trt: ModuleType, network: Any) -> None:
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.ATTENTION_INPUT:
-            layer.__class__ = trt.IAttentionInputLayer  # TensorRT's documented down-cast
-            layer.attention.decomposable = True
 
 
 def _configure(trt: ModuleType, builder: Any, caps: Capabilities, options: BuildOptions) -> Any:
@@ -152,15 +149,28 @@ def _configure(trt: ModuleType, builder: Any, caps: Capabilities, options: Build
         config.set_timing_cache(cache, ignore_mismatch=False)
     elif options.timing_cache is not None:
         log.info("timing cache %s ignored: %s has none", options.timing_cache, caps.label)
-    for wanted, supported, flag in ((options.refittable, caps.supports_refit, "REFIT"),
-                                    (options.strip_weights, caps.supports_strip_plan, "STRIP_PLAN")):
-        if wanted and not supported:
-            raise ConfigError(f"{caps.label} {caps.version} has no BuilderFlag.{flag}. Note: expected it for "
-                              f"{'refittable' if flag == 'REFIT' else 'weight-stripped'} engines. "
-                              f"Fix: build without that option, or upgrade {caps.label}")
-        if wanted:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in _weight_flags(caps, options):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if caps.supports_user_allocation:  # RTX: CUDA-graph capture needs the context's memory to be the caller's
+        config.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
     return config
+
+
+def _weight_flags(caps: Capabilities, options: BuildOptions) -> list[str]:
+    """REFIT for refittable engines; STRIP_PLAN with REFIT_IDENTICAL for weight-stripped ones (refitted with the
+    build's own weights), with REFIT when they are also refittable."""
+    wanted = []
+    if options.refittable:
+        wanted.append(("REFIT", caps.supports_refit, "refittable"))
+    if options.strip_weights:
+        wanted.append(("STRIP_PLAN", caps.supports_strip_plan, "weight-stripped"))
+        if not options.refittable:
+            wanted.append(("REFIT_IDENTICAL", caps.supports_refit_identical, "weight-stripped"))
+    for flag, supported, what in wanted:
+        if not supported:
+            raise ConfigError(f"{caps.label} {caps.version} has no BuilderFlag.{flag}. Note: expected it for "
+                              f"{what} engines. Fix: build without that option, or upgrade {caps.label}")
+    return [flag for flag, _, _ in wanted]
 
 
 def _save_timing_cache(config: Any, caps: Capabilities, options: BuildOptions) -> None:
@@ -174,8 +184,9 @@ def _save_timing_cache(config: Any, caps: Capabilities, options: BuildOptions) -
 
 def _build_error(onnx_path: Path, caps: Capabilities, errors: list[str]) -> EngineBuildError:
     fix = "run with -v for TensorRT's log; report the graph if it is valid ONNX"
-    if any(_NO_FUSED_ATTENTION in e for e in errors):
-        fix = "use BuildOptions(decomposable_attention=True), or an attention head dim of at least 16"
+    if lacks_fused_attention(errors):
+        fix = (f"{caps.label} {caps.version} has no fused kernel for an attention and cannot decompose it: "
+               "report the graph; an attention head dim of at least 16 avoids this")
     return EngineBuildError(
         f"{caps.label} {caps.version} parsed {onnx_path} but could not build it: {' | '.join(errors[-3:])}. "
         f"Note: expected a serialized engine, got None. Fix: {fix}")
@@ -189,14 +200,35 @@ def build_engine_with_io(onnx_path: Path, kind: str, options: BuildOptions) -> t
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, Path(onnx_path), caps, options)
-    if options.decomposable_attention and caps.supports_decomposable_attention:
-        _mark_attention_decomposable(trt, network)
     config = _configure(trt, builder, caps, options)
     serialized = builder.build_serialized_network(network, config)
+    if serialized is None and caps.supports_decomposable_attention:
+        serialized = _build_decomposed(trt, builder, network, config, logger, _network_flags(trt, caps, options),
+                                       Path(onnx_path))
     if serialized is None:
         raise _build_error(Path(onnx_path), caps, logger.errors)
     _save_timing_cache(config, caps, options)
     return bytes(serialized), _network_io(trt, network)
+
+
+def _build_decomposed(trt: ModuleType, builder: Any, network: Any, config: Any, logger: Any, flags: int,
+                      onnx_path: Path) -> Any:
+    """After a build that failed for want of a fused attention kernel: decompose the attentions that have none
+    (engines/trt_attention.py), or all of them, and build again; None if that fails too."""
+    serialized = None
+    for decompose in DECOMPOSERS:
+        if not lacks_fused_attention(logger.errors):
+            break
+        marked = decompose(trt, network, flags, logger)
+        if not marked:
+            continue
+        log.warning("%s: %d attention layer(s) have no fused kernel in %s and are built decomposed: %s. Cost: %s",
+                    onnx_path.name, len(marked), trt.__name__, ", ".join(marked), COST)
+        logger.errors.clear()
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is not None:
+            break
+    return serialized
 
 
 def build_engine(onnx_path: Path, kind: str, options: BuildOptions) -> bytes:

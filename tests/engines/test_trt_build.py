@@ -111,12 +111,41 @@ def test_rtx_capabilities() -> None:
     assert caps.supports_decomposable_attention
 
 
+def _two_attention_graph(path: Path) -> Path:
+    """fp16 self-attention twice over 32 channels, each behind a residual Add: `small` with 4 heads of dim 8 (no
+    fused kernel in TensorRT-RTX 1.7), `wide` with 2 heads of dim 16 (fused). (RTX 1.7 crashed building an
+    attention fed straight by a graph input, so each is fed by an Add.)"""
+    g = gs.Graph(opset=23)
+    x, out = gs.Variable("x", np.float16, (B, L, 32)), gs.Variable("out", np.float16, (B, L, 32))
+    h = g.layer(op="Add", inputs=[x, x], outputs=["h"])[0]
+    y = g.layer(op="Attention", name="small", inputs=[h, h, h], outputs=["y"],
+                attrs={"q_num_heads": 4, "kv_num_heads": 4})[0]
+    z = g.layer(op="Add", inputs=[y, h], outputs=["z"])[0]
+    g.layer(op="Attention", name="wide", inputs=[z, z, z], outputs=[out], attrs={"q_num_heads": 2, "kv_num_heads": 2})
+    g.inputs, g.outputs = [x], [out]
+    model = gs.export_onnx(g)
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.mark.rtx
-def test_fp16_head_dim_below_16_needs_decomposable_attention(tmp_path: Path) -> None:
-    path = _tiny_graph(tmp_path / "g.onnx", np.float16, channels=8, heads=2)
-    with pytest.raises(EngineBuildError, match="decomposable_attention=True"):
-        build_engine(path, "trt-rtx", BuildOptions())
-    assert build_engine(path, "trt-rtx", BuildOptions(decomposable_attention=True))
+def test_attention_without_fused_kernel_is_decomposed_and_named(tmp_path: Path, caplog) -> None:
+    path = _tiny_graph(tmp_path / "g.onnx", np.float16, channels=8, heads=2)  # head dim 4
+    with caplog.at_level("WARNING", logger="trt_distri.engines.trt"):
+        assert build_engine(path, "trt-rtx", BuildOptions())
+    assert "attn1 (head dim 4, HALF)" in caplog.text and "slower than the fused kernel" in caplog.text
+    assert "ERROR" not in [r.levelname for r in caplog.records]  # handled, so not reported as an error
+
+
+@pytest.mark.rtx
+def test_only_attentions_without_fused_kernel_are_decomposed(tmp_path: Path, caplog) -> None:
+    """The warning lists every layer the build decomposed: `small` (head dim 8) only; `wide` keeps its kernel."""
+    with caplog.at_level("WARNING", logger="trt_distri.engines.trt"):
+        assert build_engine(_two_attention_graph(tmp_path / "g.onnx"), "trt-rtx", BuildOptions())
+    decomposed = [r.getMessage() for r in caplog.records if "built decomposed" in r.getMessage()]
+    assert len(decomposed) == 1 and "1 attention layer(s)" in decomposed[0]
+    assert "small (head dim 8, HALF)" in decomposed[0] and "wide" not in decomposed[0]
 
 
 @pytest.mark.rtx
@@ -190,3 +219,43 @@ def test_missing_module_names_the_package(monkeypatch: pytest.MonkeyPatch, kind:
 def test_unknown_kind_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="expected one of"):
         import_trt("tensorrt")
+
+
+@pytest.mark.rtx
+def test_strip_weights_pairs_strip_plan_with_refit_identical() -> None:
+    import dataclasses
+
+    import tensorrt_rtx_bindings as trt
+
+    from trt_distri.engines.trt import _configure, _weight_flags, make_logger
+
+    caps = capabilities("trt-rtx")
+    assert _weight_flags(caps, BuildOptions(strip_weights=True)) == ["STRIP_PLAN", "REFIT_IDENTICAL"]
+    assert _weight_flags(caps, BuildOptions(strip_weights=True, refittable=True)) == ["REFIT", "STRIP_PLAN"]
+    assert _weight_flags(caps, BuildOptions(refittable=True)) == ["REFIT"] and not _weight_flags(caps, BuildOptions())
+    config = _configure(trt, trt.Builder(make_logger(trt)), caps, BuildOptions(strip_weights=True))
+    assert [config.get_flag(getattr(trt.BuilderFlag, f)) for f in ("STRIP_PLAN", "REFIT_IDENTICAL", "REFIT")] == \
+        [True, True, False]
+    old = dataclasses.replace(caps, supports_refit_identical=False)
+    with pytest.raises(ConfigError, match="no BuilderFlag.REFIT_IDENTICAL.*weight-stripped"):
+        _weight_flags(old, BuildOptions(strip_weights=True))
+
+
+@pytest.mark.rtx
+def test_parsed_network_knows_every_weight_by_its_graph_name(tmp_path: Path) -> None:
+    """A refitter addresses weights by name; the ONNX parser names them after the graph's initializers, so a
+    refit (or LoRA) finds them under the exporter's names."""
+    import tensorrt_rtx_bindings as trt
+
+    from trt_distri.engines.trt import make_logger
+
+    path = _tiny_graph(tmp_path / "g.onnx", np.float16)
+    model = onnx.load(str(path))
+    names = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert {"conv_in.weight", "conv_in.bias", "norm.weight", "norm.bias"} <= set(names)
+    logger = make_logger(trt)
+    network = trt.Builder(logger).create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(path))
+    assert [n for n in names if not network.mark_weights_refittable(n)] == []  # True: weights of that name exist
+    assert not network.mark_weights_refittable("conv_in.missing")

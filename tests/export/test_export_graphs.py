@@ -142,3 +142,29 @@ def test_small_patches_are_warned_about(caplog, gpus, size, warned):
     assert bool(messages) == warned
     if warned:
         assert "256 of the image's 1024 pixel rows (0.26 MP)" in messages[0] and "at most --gpus 2" in messages[0]
+
+
+@pytest.mark.rtx
+@pytest.mark.slow
+def test_fp16_sdxl_shape_with_small_heads_builds_every_graph(tmp_path, caplog):
+    """Head dim 8 (tiny-sdxl's channels with twice its heads) has no fused fp16 attention kernel in TensorRT-RTX
+    1.7: every graph still builds, its attentions decomposed with a warning, and its I/O is the manifest's."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from trt_distri.engines.io_check import check_io_against_manifest
+    from trt_distri.engines.trt import BuildOptions, build_engine_with_io
+    from trt_distri.models import UNET_CONFIGS
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**UNET_CONFIGS["tiny-sdxl"], "attention_head_dim": [2, 4, 8]}).eval()
+    assert {m.processor.__class__.__name__ for m in unet.modules() if hasattr(m, "heads")}  # has attention
+    assert {m.inner_dim // m.heads for m in unet.modules() if hasattr(m, "heads")} == {8}
+    workdir = export_tiny(unet, "tiny-sdxl", tmp_path, 2, 64, 64, GNMode.CORRECTED_ASYNC, Precision.FP16)
+    manifest = Manifest.load(workdir)
+    with caplog.at_level("WARNING", logger="trt_distri.engines.trt"):
+        for seg in _segments(manifest):
+            engine, io = build_engine_with_io(manifest.graph_path(seg), "trt-rtx", BuildOptions())
+            assert len(engine) > 0
+            check_io_against_manifest(io, seg)
+    assert "head dim 8, HALF" in caplog.text
