@@ -25,7 +25,7 @@ import numpy as np
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "BackendBuildOptions", "BackendCapabilities", "LoadOptions",
-           "Session", "TensorInfo", "available_backends", "get_backend", "onnx_runner"]
+           "Session", "TensorInfo", "available_backends", "get_backend", "moved_tensor_error", "onnx_runner"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class Session(abc.ABC):
         if name not in {t.name for t in self.inputs + self.outputs}:
             raise ConfigError(f"cannot bind {name!r}: the session has no such tensor. Note: expected one of "
                               f"{[t.name for t in self.inputs + self.outputs]}")
+        self._bind_impl(name, int(device_ptr))
         self._bound[name] = int(device_ptr)
 
     def run_async(self, stream: int) -> None:
@@ -131,11 +132,21 @@ class Session(abc.ABC):
                               f"{missing}. Fix: call bind(name, device_ptr) for each")
         self._run_async_impl(int(stream))
 
+    def _bind_impl(self, name: str, device_ptr: int) -> None:
+        """Hand a binding to the backend now (TensorRT sets tensor addresses once, here); default: at run time."""
+
     @abc.abstractmethod
     def _run_host_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     @abc.abstractmethod
     def _run_async_impl(self, stream: int) -> None: ...
+
+
+def moved_tensor_error(name: str, captured: int, now: int) -> ConfigError:
+    """The refusal of a session that replays a CUDA graph: its kernels read the addresses it was captured with."""
+    return ConfigError(f"tensor {name!r} moved after its CUDA graph was captured. Note: expected address "
+                       f"{captured:#x}, got {now:#x}. Fix: keep every bound buffer in place for the session's life, "
+                       "or load the session with cuda_graph=False (`trt-distri run --no-cuda-graph`)")
 
 
 class Backend(abc.ABC):

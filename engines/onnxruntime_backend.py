@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from trt_distri.engines.backend import (Backend, BackendBuildOptions, BackendCapabilities, LoadOptions, Session,
-                                        TensorInfo)
+                                        TensorInfo, moved_tensor_error)
 from trt_distri.engines.ort_weights import SharedWeights, WeightRef, engine_weights, sharing_enabled
 from trt_distri.errors import ConfigError, EngineBuildError, EngineRunError, MissingPackageError
 
@@ -164,10 +164,7 @@ class PointerBinding:
             ptr = pointers[name]
             if self.applied.get(name) != ptr:
                 if self.frozen and name in self.applied:
-                    raise ConfigError(f"tensor {name!r} moved after its CUDA graph was captured. Note: expected "
-                                      f"address {self.applied[name]:#x}, got {ptr:#x}. Fix: keep every bound buffer "
-                                      "in place for the session's life, or load the session with cuda_graph=False "
-                                      "(`trt-distri run --no-cuda-graph`)")
+                    raise moved_tensor_error(name, self.applied[name], ptr)
                 bind(name, self.device_type, self.device_id, dtype, shape, ptr)
                 self.applied[name] = ptr
         try:

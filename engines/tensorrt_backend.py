@@ -1,85 +1,24 @@
 """TensorRT and TensorRT-RTX backends: one class, given the other module (`kind`); differences are capabilities.
 
 Build goes through `engines/trt.py` (strongly typed network, static shapes from the graph, optimisation level,
-workspace limit, timing cache, refittable or weight-stripped engines). Load follows the TensorRT 10/11 Python API:
-`Runtime.deserialize_cuda_engine`, `create_execution_context`, then per run `set_tensor_address` for every I/O
-tensor and `execute_async_v3(stream)`, which enqueues and returns. Device memory for `run_host` comes from the
-CUDA runtime of cuda-python, imported lazily like TensorRT itself; nothing here imports torch.
+workspace limit, timing cache, refittable or weight-stripped engines, decomposed attention where no fused kernel
+exists). Load follows the TensorRT 10/11 Python API: `Runtime.deserialize_cuda_engine`, then a session
+(engines/trt_session.py) whose execution context runs on the rank's one shared memory block
+(engines/trt_memory.py), with addresses set at bind time and optional CUDA-graph replay. The CUDA runtime is
+cuda-python's, imported lazily like TensorRT itself; nothing here imports torch.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from trt_distri.engines.backend import Backend, BackendCapabilities, LoadOptions, Session, TensorInfo
 from trt_distri.engines.capabilities import Capabilities, capabilities, import_trt
-from trt_distri.engines.trt import BuildOptions, build_engine_with_io, engine_io, make_logger
-from trt_distri.errors import EngineBuildError, MissingPackageError
-
-
-def _cudart() -> ModuleType:
-    for module in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.6, then older releases
-        try:
-            return importlib.import_module(module)
-        except ImportError:
-            continue
-    raise MissingPackageError("running TensorRT engines from host arrays needs the CUDA runtime bindings of "
-                              "cuda-python, which failed to import. Fix: pip install cuda-python")
-
-
-def _check(result: tuple) -> Any:
-    """Unpack a cuda-python `(error, value...)` tuple, raising on an error."""
-    error, *values = result
-    if int(error) != 0:
-        raise EngineBuildError(f"CUDA runtime call failed: {error}. Note: expected cudaSuccess. Fix: check the GPU "
-                               "with nvidia-smi; run with -v for TensorRT's log")
-    return values[0] if len(values) == 1 else values
-
-
-class TensorRTSession(Session):
-    """An `ICudaEngine` with one `IExecutionContext` on one GPU."""
-
-    def __init__(self, trt: ModuleType, runtime: Any, engine: Any, device: int) -> None:
-        io = engine_io(trt, engine)
-        super().__init__([t for t in io if t.is_input], [t for t in io if not t.is_input])
-        self._keep = (runtime, engine)  # the context needs both alive
-        self.context = engine.create_execution_context()
-        self.device = device
-
-    def _run_async_impl(self, stream: int) -> None:
-        for name, ptr in self._bound.items():
-            self.context.set_tensor_address(name, ptr)
-        if not self.context.execute_async_v3(stream):
-            raise EngineBuildError("TensorRT could not enqueue the engine (execute_async_v3 returned False). "
-                                   "Note: expected every I/O tensor bound to device memory of its full size. "
-                                   "Fix: run with -v for TensorRT's log")
-
-    def _run_host_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cudart = _cudart()
-        _check(cudart.cudaSetDevice(self.device))
-        stream = _check(cudart.cudaStreamCreate())
-        outputs = {t.name: np.empty(t.shape, t.dtype) for t in self.outputs}
-        pointers = {name: _check(cudart.cudaMalloc(a.nbytes)) for name, a in {**feeds, **outputs}.items()}
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        saved = dict(self._bound)
-        try:
-            for name, array in feeds.items():
-                _check(cudart.cudaMemcpy(pointers[name], array.ctypes.data, array.nbytes, h2d))
-            self._bound = {name: int(ptr) for name, ptr in pointers.items()}
-            self._run_async_impl(int(stream))
-            _check(cudart.cudaStreamSynchronize(stream))
-            for name, array in outputs.items():
-                _check(cudart.cudaMemcpy(array.ctypes.data, pointers[name], array.nbytes, d2h))
-        finally:
-            self._bound = saved
-            for ptr in pointers.values():
-                cudart.cudaFree(ptr)
-            cudart.cudaStreamDestroy(stream)
-        return outputs
+from trt_distri.engines.trt import BuildOptions, build_engine_with_io, make_logger
+from trt_distri.engines.trt_memory import check, cudart, shared_context_memory
+from trt_distri.engines.trt_session import TensorRTSession
+from trt_distri.errors import EngineBuildError
 
 
 class TensorRTBackend(Backend):
@@ -97,7 +36,11 @@ class TensorRTBackend(Backend):
         caps = self._caps()
         return BackendCapabilities(builds_without_gpu=caps.builds_without_gpu, runs_without_gpu=False,
                                    device_specific=not caps.portable_engines, engine_suffix=".engine",
-                                   runs_onnx=False, supports_cuda_graph=False)
+                                   runs_onnx=False, supports_cuda_graph=True)
+
+    def build_flags(self) -> dict[str, object]:
+        """Set on every build where the flag exists (engines/trt.py), so part of the key."""
+        return {"require_user_allocation": self._caps().supports_user_allocation}
 
     def build_options(self, cache_dir: Path | None = None, **settings: object) -> BuildOptions:
         timing_cache = None if cache_dir is None else Path(cache_dir) / "timing.cache"
@@ -107,11 +50,11 @@ class TensorRTBackend(Backend):
         return build_engine_with_io(graph_path, self.name, options)
 
     def load(self, engine_path: Path, options: LoadOptions) -> Session:
-        # `stream`: TensorRT takes each run's; `transient`: an engine and its context free their memory when dropped
+        """`stream`: TensorRT takes each run's; `transient`: the context keeps its own memory, freed with it;
+        otherwise it shares the device's one block with every other context of the process."""
         self.check_load(options)
-        device, graph_path = options.device, options.refit_from
-        trt, caps = import_trt(self.name), self._caps()
-        _check(_cudart().cudaSetDevice(device))
+        trt, caps, rt = import_trt(self.name), self._caps(), cudart()
+        check(rt.cudaSetDevice(options.device), "cudaSetDevice")
         logger = make_logger(trt)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -120,9 +63,10 @@ class TensorRTBackend(Backend):
                 f"{caps.label} {caps.version} could not deserialize {engine_path}: {' | '.join(logger.errors[-2:])}."
                 f" Note: expected an engine built by the same version for this GPU. Fix: rebuild it with "
                 f"`trt-distri build --backend {self.name}`")
-        if graph_path is not None:
-            self._refit(trt, engine, logger, graph_path)
-        return TensorRTSession(trt, runtime, engine, device)
+        if options.refit_from is not None:
+            self._refit(trt, engine, logger, options.refit_from)
+        memory = None if options.transient else shared_context_memory(options.device, rt)
+        return TensorRTSession(trt, engine, options.device, rt, memory, options.cuda_graph, keep=(runtime,))
 
     def _refit(self, trt: ModuleType, engine: Any, logger: Any, graph_path: Path) -> None:
         """Put the ONNX graph's weights into a weight-stripped engine."""

@@ -45,7 +45,7 @@ class RunOptions:
 
 def uses_cuda_graph(option: bool | None, backend: str, reused: bool) -> bool:
     """Whether a GPU rank's UNet sessions replay CUDA graphs: as asked; by default, where the loaded ranks generate
-    more than once (`reused`) and the backend `supports_cuda_graph` (ONNX Runtime; TensorRT here refuses them).
+    more than once (`reused`) and the backend `supports_cuda_graph` (ONNX Runtime, TensorRT).
     Measured with ONNX Runtime at 1024 on 2 GPUs (docs/benchmarks.md): warm steps with graphs make 1.45x one GPU
     against 0.99x, 0.7-0.9 s less per 30-step image, but capture adds about 2 s to the first image of a process."""
     if option is not None:

@@ -94,3 +94,72 @@ def test_session_checks_feeds_and_bindings(graph: tuple[Path, str], tmp_path: Pa
         session.bind("nope", 0)
     with pytest.raises(ConfigError, match="unbound"):
         session.run_async(0)
+
+
+# ---- sessions that replay CUDA graphs: one contract for every backend that `supports_cuda_graph` ---------------
+def _ort_graph_session(cuda_graph: bool):
+    """ONNX Runtime's session on a stand-in InferenceSession (ORT captures inside its own run)."""
+    from types import SimpleNamespace
+
+    from trt_distri.engines.onnxruntime_backend import OrtSession
+
+    arg = lambda name: SimpleNamespace(name=name, shape=[4], type="tensor(float)")  # noqa: E731
+
+    class Binding:
+        def bind_input(self, *args) -> None:
+            pass
+
+        bind_output = bind_input
+
+    inference = SimpleNamespace(get_inputs=lambda: [arg("x")], get_outputs=lambda: [arg("y")],
+                                io_binding=Binding, run_with_iobinding=lambda binding, options: None)
+    return OrtSession(inference, 0, 5, cuda_graph)
+
+
+def _trt_graph_session(cuda_graph: bool):
+    """TensorRT's session on the recording stand-in (tests/engines/trt_standin.py)."""
+    from trt_distri.engines.trt_memory import ContextMemory
+    from trt_distri.engines.trt_session import TensorRTSession
+
+    from trt_standin import FakeEngine, Log, fake_cudart, fake_trt
+
+    log = Log()
+    trt, rt = fake_trt(log), fake_cudart(log)
+    return TensorRTSession(trt, FakeEngine(trt, "e", 256), 0, rt, ContextMemory(rt, 0), cuda_graph)
+
+
+@pytest.mark.parametrize("make", [_ort_graph_session, _trt_graph_session], ids=["ort", "trt-standin"])
+class TestGraphReplayContract:
+    def _bound(self, make, cuda_graph: bool):
+        session = make(cuda_graph)
+        session.bind("x", 0x1000)
+        session.bind("y", 0x2000)
+        return session
+
+    def test_before_the_first_run_bindings_may_move(self, make) -> None:
+        session = self._bound(make, True)
+        session.bind("x", 0x3000)
+        session.run_async(5)
+        session.run_async(5)
+
+    def test_after_the_first_run_a_moved_tensor_is_refused(self, make) -> None:
+        session = self._bound(make, True)
+        session.run_async(5)
+        session.bind("x", 0x1000)  # the same place is fine
+        session.run_async(5)
+        with pytest.raises(ConfigError, match=r"'x' moved after its CUDA graph was captured.*0x1000, got 0x3000"
+                                              r".*--no-cuda-graph"):
+            session.bind("x", 0x3000)
+            session.run_async(5)
+
+    def test_without_graphs_a_moved_tensor_is_rebound(self, make) -> None:
+        session = self._bound(make, False)
+        session.run_async(5)
+        session.bind("x", 0x3000)
+        session.run_async(5)
+
+    def test_run_async_needs_every_tensor_bound(self, make) -> None:
+        session = make(True)
+        session.bind("x", 0x1000)
+        with pytest.raises(ConfigError, match=r"unbound: \['y'\]"):
+            session.run_async(5)

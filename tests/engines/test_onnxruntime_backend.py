@@ -109,8 +109,13 @@ def test_cuda_graph_option_reaches_the_provider_and_is_refused_where_it_cannot_r
     assert "enable_cuda_graph" not in cuda_provider_options(0, None)
     with pytest.raises(ConfigError, match="CUDA-graph replay needs a CUDA device"):
         get_backend("ort").load(tmp_path / "graph.onnx", LoadOptions(None, cuda_graph=True))
-    with pytest.raises(ConfigError, match="not available with TensorRT-RTX engines yet"):
-        get_backend("trt-rtx").load(tmp_path / "x.engine", LoadOptions(0, cuda_graph=True))
+    import dataclasses
+
+    backend = get_backend("ort")  # as a backend whose capabilities lack CUDA graphs
+    caps = dataclasses.replace(backend.capabilities(), supports_cuda_graph=False)
+    backend.capabilities = lambda: caps
+    with pytest.raises(ConfigError, match="not available with ONNX Runtime engines yet"):
+        backend.load(tmp_path / "x.onnx", LoadOptions(0, cuda_graph=True))
 
 
 def test_conv_algo_search_comes_from_the_environment(monkeypatch):
@@ -239,5 +244,14 @@ def test_cuda_graphs_are_the_default_where_onnx_runtime_ranks_generate_more_than
 
     assert uses_cuda_graph(None, "ort", reused=True) is True
     assert uses_cuda_graph(None, "ort", reused=False) is False
-    assert uses_cuda_graph(None, "trt-rtx", reused=True) is False  # read from its capabilities, not its name
     assert uses_cuda_graph(False, "ort", reused=True) is False and uses_cuda_graph(True, "ort", reused=False)
+
+
+def test_the_cuda_graph_default_is_read_from_capabilities_not_names(monkeypatch):
+    from types import SimpleNamespace
+
+    from trt_distri.runtime import executor
+
+    caps = SimpleNamespace(supports_cuda_graph=False)
+    monkeypatch.setattr(executor, "get_backend", lambda name: SimpleNamespace(capabilities=lambda: caps))
+    assert executor.uses_cuda_graph(None, "ort", reused=True) is False
