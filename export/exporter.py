@@ -131,7 +131,7 @@ def _load_unet(request: ExportRequest):
     from trt_distri.models import load_unet, random_unet
 
     name = request.random_config
-    unet = random_unet(name, seed=request.seed) if name else load_unet(request.model)
+    unet = random_unet(name, seed=request.seed) if name else load_unet(request.model, request.variant)
     # fp16 export: hold the model in fp16 (5 GB instead of 10 GB for SDXL); weights are converted the same way
     return unet.half() if request.precision == Precision.FP16 else unet
 

@@ -54,7 +54,7 @@ def load_request_pipeline(request: ExportRequest):
     from trt_distri.pipeline_models import load_pipeline, random_pipeline
 
     name = request.random_config
-    return random_pipeline(name, request.seed) if name else load_pipeline(request.model)
+    return random_pipeline(name, request.seed) if name else load_pipeline(request.model, request.variant)
 
 
 def _write_parts(pipeline, root: Path) -> dict:

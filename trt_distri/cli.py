@@ -19,6 +19,7 @@ from trt_distri.cli_run import add_run
 from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
 from trt_distri.engines.backend import BACKENDS
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
+from trt_distri.hub import resolve_model
 from trt_distri.models import UNET_CONFIGS
 from trt_distri.runtime.launch import stop_on_sigterm
 
@@ -40,9 +41,14 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
                                           "(docs/design.md); from a pipeline (a folder with model_index.json, or "
                                           "random:<name>) also its text encoders, VAE decoder and tokenizers.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL",
-                   help="local diffusers folder (pipeline or UNet) or a shipped architecture with random weights "
+                   help="Hugging Face model id (org/name: from the local Hugging Face cache, else downloaded), "
+                        "local diffusers folder (pipeline or UNet) or a shipped architecture with random weights "
                         "as random:<name> "
                         f"(random:sdxl, random:sd15, random:tiny-sd, random:tiny-sdxl); default {DEFAULT_MODEL}")
+    p.add_argument("--revision", default=None,
+                   help="branch, tag or commit of a Hub model id (default main)")
+    p.add_argument("--variant", default=None,
+                   help="weight files name.<VARIANT>.safetensors of the model, such as fp16 (diffusers' variant)")
     p.add_argument("--random-weights", choices=sorted(UNET_CONFIGS), default=None, metavar="NAME",
                    help="the shipped architecture NAME (sdxl, sd15, tiny-sdxl, tiny-sd) with random weights; "
                         "the same as MODEL random:NAME")
@@ -74,10 +80,11 @@ def _export_request(args: argparse.Namespace) -> ExportRequest:
             raise ConfigError(f"both MODEL ({model}) and --random-weights {args.random_weights} were given. "
                               "Fix: pass one of them")
         model = RANDOM_PREFIX + args.random_weights
+    model = resolve_model(model, args.revision, args.variant, args.unet_only)  # a model id -> its cached snapshot
     return ExportRequest(model=model, height=args.height, width=args.width, gpus=args.gpus,
                          out_dir=args.out_dir, cfg_split=args.cfg_split is not False, guidance=args.guidance,
                          precision=Precision(args.dtype), gn_mode=GNMode(args.gn_mode), overwrite=args.overwrite,
-                         seed=args.seed, unet_only=args.unet_only)
+                         seed=args.seed, unet_only=args.unet_only, variant=args.variant)
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ class ExportRequest:
     overwrite: bool = False
     seed: int = 0  # for random weights
     unet_only: bool = False  # a pipeline source: export its UNet alone (no text encoders, VAE, tokenizers)
+    variant: str | None = None  # weight files name.<variant>.safetensors (diffusers' variant, such as fp16)
 
     @property
     def _split_applies(self) -> bool:

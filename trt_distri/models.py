@@ -59,12 +59,18 @@ def random_unet(name: str, seed: int = 0, dtype=None):
     return unet.eval()
 
 
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
-                 "diffusion_pytorch_model.bin")
+def _weight_files(variant: str | None) -> tuple[str, ...]:
+    """The weight files diffusers looks for in a UNet folder (with `variant`: name.<variant>.safetensors ...)."""
+    if variant:
+        return (f"diffusion_pytorch_model.{variant}.safetensors",
+                f"diffusion_pytorch_model.safetensors.index.{variant}.json", f"diffusion_pytorch_model.{variant}.bin")
+    return ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+            "diffusion_pytorch_model.bin")
 
 
-def load_unet(path: str | Path):
-    """Load the UNet of a local diffusers folder: a pipeline (with `unet/`) or a UNet folder itself."""
+def load_unet(path: str | Path, variant: str | None = None):
+    """Load the UNet of a local diffusers folder: a pipeline (with `unet/`) or a UNet folder itself; `variant`
+    (such as fp16) picks the weight files name.<variant>.safetensors."""
     from diffusers import UNet2DConditionModel
 
     root = Path(path)
@@ -73,11 +79,13 @@ def load_unet(path: str | Path):
         raise ConfigError(
             f"no diffusers UNet in {root}. Note: expected {root}/unet/config.json (a pipeline folder) or "
             f"{root}/config.json (a UNet folder). Fix: pass a folder saved by `save_pretrained`")
-    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+    files = _weight_files(variant)
+    if not any((folder / f).is_file() for f in files):
         raise ConfigError(f"the UNet folder {folder} has a config.json but no weights. Note: expected one of "
-                          f"{', '.join(_WEIGHT_FILES)}. Fix: copy the complete folder written by `save_pretrained`")
+                          f"{', '.join(files)}. Fix: copy the complete folder written by `save_pretrained`"
+                          + (", or drop --variant" if variant else ""))
     try:
-        return UNet2DConditionModel.from_pretrained(folder).eval()
+        return UNet2DConditionModel.from_pretrained(folder, variant=variant).eval()
     except (OSError, ValueError) as exc:  # missing or unreadable weight files, a config diffusers rejects
         raise ConfigError(f"cannot load the UNet in {folder}: {exc}. Fix: point at a complete folder written "
                           "by `save_pretrained` (config.json and the weight files)") from exc

@@ -109,8 +109,9 @@ def check_pipeline_folder(root: Path) -> bool:
     return sdxl
 
 
-def load_pipeline(path: str | Path):
-    """The diffusers pipeline saved in the local folder `path` (fp32, CPU)."""
+def load_pipeline(path: str | Path, variant: str | None = None):
+    """The diffusers pipeline saved in the local folder `path` (fp32, CPU); `variant` (such as fp16) picks the
+    weight files name.<variant>.safetensors."""
     root = Path(path)
     sdxl = check_pipeline_folder(root)
     if sdxl:
@@ -119,7 +120,7 @@ def load_pipeline(path: str | Path):
         from diffusers import StableDiffusionPipeline as cls
     extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        return cls.from_pretrained(root, local_files_only=True, **extra)
+        return cls.from_pretrained(root, local_files_only=True, variant=variant, **extra)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the pipeline in {root}: {exc}. Fix: point at a complete folder written "
                           "by `save_pretrained`") from exc
