@@ -204,6 +204,11 @@ class Generator:
         time_ids = np.repeat(time_ids[None], rows, axis=0) if time_ids.shape == row else time_ids
         return text_embeds, _array("time_ids", time_ids, (rows, *row), batch=False)
 
+    def check_params(self, **params) -> Params:
+        """The Params that generate(**params) would use, or the InvalidArgumentError it would raise (for callers
+        that refuse a request before queueing it, such as the server)."""
+        return self._params(params)
+
     def _params(self, given: dict) -> Params:
         try:
             p = Params(**given)

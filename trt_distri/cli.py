@@ -1,7 +1,8 @@
 """`trt-distri` console entry point.
 
 Each subcommand is one `_add_<name>(subparsers)` function that adds its parser and sets `handler`; `SUBCOMMANDS`
-lists them (`run` lives in cli_run.py). Handlers take the parsed arguments and return an exit status.
+lists them (`run` lives in cli_run.py, `serve` in cli_serve.py). Handlers take the parsed arguments and return an
+exit status.
 User errors (`TrtDistriError`) print one line and exit 2; `-v` adds the traceback.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from trt_distri import __version__, log
 from trt_distri.cli_run import add_run
+from trt_distri.cli_serve import add_serve
 from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
 from trt_distri.engines.backend import BACKENDS
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
@@ -168,7 +170,7 @@ def _progress_line(done: int, total: int, label: str, seconds: float) -> None:
 
 
 # ---------------------------------------------------------------- parser and entry point
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, add_run]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, add_run, add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,101 @@
+"""`trt-distri serve` as a process: SIGTERM answers the queued requests, stops the ranks and exits within 10 s."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_client import metrics, post, wait_for
+
+PROMPT = "a red fox in the snow"
+
+
+def rank_processes(pid: int) -> set[int]:
+    """Live processes that `pid` started with multiprocessing's spawn (the GPU ranks), from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def start_serve(workdir: Path, device: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "trt_distri.cli", "serve", str(workdir), "--device", device,
+                             "--port", "0", "--drain", "2", "--max-queue", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(180)
+    if not line or " on http://" not in line[0]:
+        proc.kill()
+        raise AssertionError(f"serve did not start: {line} {proc.stderr.read()[-2000:] if proc.poll() else ''}")
+    return proc, line[0].split(" on ", 1)[1].strip()
+
+
+def sigterm_while_busy(workdir: Path, device: str, steps: int) -> None:
+    proc, url = start_serve(workdir, device)
+    try:
+        results: dict = {}
+        for key, body in (("long", {"prompt": PROMPT, "steps": steps}), ("queued", {"prompt": PROMPT, "steps": 2})):
+            threading.Thread(target=lambda k=key, b=body: results.__setitem__(k, _post(url, b)), daemon=True).start()
+            wait_for(lambda: metrics(url)["counts"]["accepted"] == (1 if key == "long" else 2), f"{key} accepted")
+        wait_for(lambda: metrics(url)["running"] == 1 and metrics(url)["queue_depth"] == 1, "a busy server")
+        ranks = rank_processes(proc.pid)
+        assert len(ranks) == (2 if device == "cuda" else 0)  # CPU ranks are threads of serve
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        took = time.monotonic() - start
+        assert took < 10.0, f"serve took {took:.1f} s to exit after SIGTERM"
+        print(f"exited {took:.1f} s after SIGTERM")
+        assert proc.returncode == 0, proc.stderr.read()[-2000:]
+        wait_for(lambda: "queued" in results, "the queued request's answer", 5)
+        assert results["queued"][0] == 503  # queued, never started: told the server is stopping
+        assert not [p for p in ranks if alive(p)], "a rank process outlived serve"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _post(url: str, body: dict):
+    try:
+        return post(url, "/v1/generate", body, timeout_s=60)
+    except OSError as exc:  # the long request's connection is closed when the drain time runs out
+        return (None, {}, str(exc).encode())
+
+
+def test_sigterm_exits_within_10_s_on_the_cpu(serve_workdir):
+    sigterm_while_busy(serve_workdir, "cpu", steps=1000)
+
+
+@pytest.mark.gpu
+@pytest.mark.multi_gpu
+def test_sigterm_stops_the_gpu_rank_processes(tmp_path):
+    from trt_distri.cli import main
+
+    work = tmp_path / "work"
+    assert main(["export", "random:tiny-sdxl", "--height", "128", "--width", "128", "--gpus", "2", "--no-cfg-split",
+                 "--dtype", "fp32", "-o", str(work)]) == 0
+    sigterm_while_busy(work, "cuda", steps=1000)
