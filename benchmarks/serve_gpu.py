@@ -24,12 +24,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from trt_distri.api import Generator
+from trt_distri.cli_serve import start_serve_process
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.engines.build import build_workdir
 from trt_distri.export.pipeline_export import export_pipeline
@@ -58,19 +58,6 @@ def api_times(work: Path, device: str, steps: int, warmup: int, runs: int) -> li
         return [round(gen.generate(PROMPT, steps=steps, seed=100 + i).seconds, 3) for i in range(runs)]
 
 
-def start_server(work: Path, device: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "trt_distri.cli", "serve", str(work), "--device", device,
-                             "--port", "0", "--timeout", "3600"], stdout=subprocess.PIPE, text=True)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(1800)
-    if not line or " on http://" not in line[0]:
-        proc.kill()
-        raise SystemExit(f"serve did not start (its stderr is above): {line}")
-    return proc, line[0].split(" on ", 1)[1].strip()
-
-
 def timed_request(url: str, steps: int, seed: int) -> dict:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=3600)
@@ -90,7 +77,7 @@ def timed_request(url: str, steps: int, seed: int) -> dict:
 
 
 def serve_times(work: Path, device: str, steps: int, requests: int) -> tuple[dict, list[dict]]:
-    proc, url = start_server(work, device)
+    proc, url = start_serve_process(work, "--device", device, "--timeout", "3600", timeout_s=1800)
     try:
         warm = timed_request(url, steps, 0)
         return warm, [timed_request(url, steps, 1 + i) for i in range(requests)]

@@ -88,3 +88,25 @@ def _close_within(generator, seconds: float) -> None:
     closer.join(max(1.0, seconds))
     if closer.is_alive():
         logger.warning("the ranks did not stop within %.0f s; they end with this process", max(1.0, seconds))
+
+
+def start_serve_process(workdir: Path, *options: str, timeout_s: float = 600.0):
+    """`trt-distri serve WORKDIR --port 0 OPTIONS` as a subprocess (stderr inherited), once it serves:
+    (Popen, base URL). For tools and tests that drive a real server; raises ConfigError when it does not start."""
+    import subprocess
+    import sys
+
+    from trt_distri.errors import ConfigError
+
+    proc = subprocess.Popen([sys.executable, "-m", "trt_distri.cli", "serve", str(workdir), "--port", "0", *options],
+                            stdout=subprocess.PIPE, text=True)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not line or " on http://" not in line[0]:
+        proc.kill()
+        proc.wait(10)
+        raise ConfigError(f"trt-distri serve {workdir} did not start within {timeout_s:.0f} s (its stderr is "
+                          f"above). Note: its first line was {line[0] if line else 'nothing'!r}")
+    return proc, line[0].split(" on ", 1)[1].strip()
