@@ -33,6 +33,7 @@ from trt_distri.cli_serve import start_serve_process
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.engines.build import build_workdir
 from trt_distri.export.pipeline_export import export_pipeline
+from trt_distri.manifest import MANIFEST_FILE
 
 from bench_report import driver_version
 
@@ -44,7 +45,7 @@ TOLERANCE = 0.05
 def prepare(args: argparse.Namespace) -> Path:
     name = args.model.replace(":", "-")
     work = args.root / f"{name}-{args.size}-g{args.gpus}-{args.dtype}{'-split' if args.cfg_split else ''}"
-    if not (work / "manifest.json").is_file():
+    if not (work / MANIFEST_FILE).is_file():
         export_pipeline(ExportRequest(model=args.model, height=args.size, width=args.size, gpus=args.gpus,
                                       out_dir=work, cfg_split=args.cfg_split, precision=Precision(args.dtype)))
     build_workdir(work, "ort")

@@ -3,7 +3,6 @@ refs/<name>), populated with the tiny random pipeline and read with HF_HUB_OFFLI
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from trt_distri.cli import main
 from trt_distri.errors import ConfigError
 from trt_distri.hub import download_patterns, is_model_id, resolve_model
+from trt_distri.manifest import Manifest
 
 REPO = "tiny-org/tiny-sdxl"
 
@@ -71,18 +71,18 @@ def test_export_by_id_from_offline_cache_equals_export_of_the_folder(saved, offl
     snapshot = populate_cache(offline_cache, REPO, saved[0])
     assert _export(REPO, tmp_path / "by-id") == 0
     assert _export(str(saved[0]), tmp_path / "by-folder") == 0
-    manifest = json.loads((tmp_path / "by-id" / "manifest.json").read_text())
-    assert manifest["model"]["source"] == str(snapshot)
-    assert "text_encoders" in manifest and "vae" in manifest
+    manifest = Manifest.load(tmp_path / "by-id")
+    assert manifest.model.source == str(snapshot)
+    assert manifest.text_encoders and manifest.vae is not None
     weights = _weights(tmp_path / "by-id")
     assert "graphs/weights.bin" in weights and "encoders/vae_decoder.onnx.data" in weights
     assert weights == _weights(tmp_path / "by-folder")
 
 
 def test_variant_fp16_from_cache(saved, offline_cache, tmp_path, capsys):
-    populate_cache(offline_cache, REPO, saved[1])
+    snapshot = populate_cache(offline_cache, REPO, saved[1])
     assert _export(REPO, tmp_path / "work", "--variant", "fp16") == 0
-    assert (tmp_path / "work" / "manifest.json").is_file()
+    assert Manifest.load(tmp_path / "work").model.source == str(snapshot)
     capsys.readouterr()
     assert _export(REPO, tmp_path / "plain") == 2  # only fp16 files in the cache
     err = capsys.readouterr().err.strip()

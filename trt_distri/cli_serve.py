@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND
 from trt_distri.errors import MissingPackageError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
                    help="cuda: one process per GPU, kept loaded (default where GPUs exist); cpu: ranks as threads")
-    p.add_argument("--backend", choices=["ort", "trt", "trt-rtx"], default="ort")
+    p.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the UNet as CUDA graphs on GPUs (default: the API's, on with ONNX Runtime)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting behind the running one; more get "

@@ -48,7 +48,7 @@ class DistriPipeline:
 
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
-        self.sdxl = generator.manifest.get("pipeline", {}).get("kind") == "sdxl"
+        self.sdxl = generator.manifest.model.sdxl
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, device: str | None = None, **options) -> "DistriPipeline":

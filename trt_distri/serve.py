@@ -158,7 +158,7 @@ def create_app(generator: Generator, queue: GenerationQueue, options: ServeOptio
 
 
 def check_servable(generator: Generator) -> None:
-    missing = [part for part in ("text_encoders", "vae") if part not in generator.manifest]
+    missing = [part for part in ("text_encoders", "vae") if getattr(generator.manifest, part) is None]
     if missing:
         raise ConfigError(f"{generator.workdir} has no {' or '.join(missing)}: it was exported from a UNet alone. "
                           "Note: serve needs a work directory exported from a pipeline. Fix: trt-distri export "
