@@ -2,8 +2,8 @@
 
 `generate_image` is the library entry point (the CLI's `run --prompt` and the C API call it). Stages:
 1. encode: tokenizers + exported text encoders (ONNX Runtime, on the CPU or the first GPU);
-2. denoise: the initial noise is `torch.randn` from a CPU `torch.Generator` seeded with `seed`, exactly as
-   diffusers draws it, so the same seed gives diffusers' image; then runtime.run_local (CPU, ranks as threads) or
+2. denoise: the initial noise equals `torch.randn` from a CPU `torch.Generator` seeded with `seed`, as diffusers
+   draws it (trt_distri.noise computes it without torch), so the same seed gives diffusers' image; then runtime.run_local (CPU, ranks as threads) or
    runtime.run_gpus (one process per GPU);
 3. decode: the exported VAE decoder, in blended tiles when the latent is larger than the VAE's native size
    (trt_distri.vae_tiles).
@@ -90,11 +90,11 @@ def cuda_device_count() -> int:
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """Standard normal noise as diffusers draws it: torch.randn with a CPU torch.Generator seeded by `seed`."""
-    import torch
+    """Standard normal noise as diffusers draws it: equal to torch.randn with a CPU torch.Generator seeded by
+    `seed`, computed without torch (trt_distri.noise)."""
+    from trt_distri.noise import randn
 
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+    return randn(shape, seed)
 
 
 def load_manifest(workdir: str | Path) -> Manifest:
