@@ -15,8 +15,10 @@ import torch
 
 from trt_distri.config import ExportRequest, GNMode, Precision
 from trt_distri.export.exporter import export_unet
-from trt_distri.export.simulate import Simulator
-from trt_distri.loop import LoopInputs, denoise, make_scheduler, psnr
+import oracle_path  # noqa: F401 - tests/oracles on sys.path
+from oracles.simulate import Simulator
+from oracles.diffusers_schedule import make_scheduler
+from oracles.loop import LoopInputs, denoise, psnr
 from trt_distri.models import TEXT_EMBEDS_DIM, random_unet
 
 RESULTS = Path(__file__).parent / "results"

@@ -34,8 +34,9 @@ from trt_distri.cli_run import random_inputs
 from trt_distri.config import ExportRequest, Precision
 from trt_distri.engines.build import build_workdir
 from trt_distri.export.exporter import export_unet
-from trt_distri.loop import psnr
 from trt_distri.manifest import Manifest
+import oracle_path  # noqa: F401 - tests/oracles on sys.path
+from oracles.loop import psnr
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.gpu import Variant, run_gpus
 from trt_distri.runtime.comm import RankFailedError

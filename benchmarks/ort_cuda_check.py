@@ -25,8 +25,9 @@ import numpy as np
 from trt_distri.engines.backend import LoadOptions, get_backend
 from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
-from trt_distri.export.simulate import Simulator
 from trt_distri.manifest import GRAPH_SETS, Manifest
+import oracle_path  # noqa: F401 - tests/oracles on sys.path
+from oracles.simulate import Simulator
 
 
 def export_tiny(out: Path) -> Path:

@@ -10,7 +10,7 @@ from torch import Tensor
 from trt_distri.errors import ConfigError
 from trt_distri.export.plan import make_plan
 from trt_distri.models import TEXT_EMBEDS_DIM, UNET_CONFIGS, random_unet
-from trt_distri.reference import GN_MODES, PatchReference, combine_stats
+from oracles.reference import GN_MODES, PatchReference, combine_stats
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

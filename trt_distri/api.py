@@ -32,8 +32,8 @@ from trt_distri.manifest import Manifest
 from trt_distri.prompt import default_time_ids
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import Ranks, Topology
+from trt_distri.schedulers import SCHEDULERS
 
-SCHEDULERS = ("ddim", "euler", "dpm++")
 __all__ = ["ClosedError", "Generator", "InvalidArgumentError", "Params", "Result", "UnavailableError",
            "WorkdirInfo"]
 

@@ -120,10 +120,9 @@ def _run_random(args: argparse.Namespace, out: Path, target) -> int:
 
 def random_inputs(manifest, steps: int, scheduler: str, guidance: float, seed: int):
     """Seeded noise and text embeddings of the model's shapes, and the scheduler as a LinearSchedule."""
-    from trt_distri.loop import make_scheduler
     from trt_distri.prompt import default_time_ids
     from trt_distri.runtime.generation import GenerationInputs
-    from trt_distri.schedule import linear_schedule
+    from trt_distri.schedulers import make_schedule
 
     rng = np.random.default_rng(seed)
     plan, inputs = manifest.plan, manifest.conditioning
@@ -135,7 +134,7 @@ def random_inputs(manifest, steps: int, scheduler: str, guidance: float, seed: i
     if inputs.find("text_embeds") is not None:
         text = rng.standard_normal((rows, *inputs.find("text_embeds").shape), np.float32)
         time_ids = default_time_ids(plan, rows)
-    schedule = linear_schedule(make_scheduler(scheduler), steps)
+    schedule = make_schedule(scheduler, None, steps)
     return GenerationInputs(latents, enc[1:], enc[:1] if guided else None, schedule, guidance, text, time_ids)
 
 

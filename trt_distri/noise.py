@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from trt_distri.errors import ConfigError
+from trt_distri.float32 import fma
 
 _N, _INIT_MULT = 624, 1812433253
 _VECTOR_MIN = 16  # torch's vectorized fill needs at least one block of 16
@@ -107,10 +108,10 @@ def _log_ps(x: np.ndarray) -> np.ndarray:
     z = x * x
     y = _LOG_P[0]
     for p in _LOG_P[1:]:
-        y = _fma(y, x, p)
-    y = _fma(y * x, z, e * _LOG_Q1)
-    y = _fma(-z, _HALF, y)
-    return _fma(e, _LOG_Q2, x + y)
+        y = fma(y, x, p)
+    y = fma(y * x, z, e * _LOG_Q1)
+    y = fma(-z, _HALF, y)
+    return fma(e, _LOG_Q2, x + y)
 
 
 _DP = _f32(-0.78515625, -2.4187564849853515625e-4, -3.77489497744594108e-8)
@@ -118,20 +119,6 @@ _SIN_P = _f32(-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
 _COS_P = _f32(2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
 _FOUR_OVER_PI = np.float32(1.27323954473516)
 _SIGN = np.int32(-2**31)
-
-
-def _fma(a, b, c) -> np.ndarray:
-    """a * b + c rounded once to float32 (a float32 fused multiply-add). The product is exact in float64; the sum's
-    float64 rounding error is recovered exactly (two-sum) and breaks the ties that a second rounding would get
-    wrong."""
-    a, b, c = (np.asarray(v, np.float64) for v in (a, b, c))
-    product = a * b
-    total = product + c
-    virtual = total - product
-    error = (product - (total - virtual)) + (c - virtual)
-    halfway = (total.view(np.uint64) & np.uint64(0x1FFFFFFF)) == np.uint64(0x10000000)  # 29 dropped bits = 1000...
-    nudged = np.where(halfway & (error != 0), np.nextafter(total, total + error), total)
-    return nudged.astype(np.float32)
 
 
 def _sincos_ps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,16 +132,16 @@ def _sincos_ps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sign_cos = (~(j - 2) & 4) << 29
     first_poly = (j & 2) == 0
     for dp in _DP:
-        x = _fma(y, dp, x)
+        x = fma(y, dp, x)
     z = x * x
     cos_poly = _COS_P[0]
     for p in _COS_P[1:]:
-        cos_poly = _fma(cos_poly, z, p)
-    cos_poly = _fma(cos_poly * z, z, -(z * _HALF)) + _ONE
+        cos_poly = fma(cos_poly, z, p)
+    cos_poly = fma(cos_poly * z, z, -(z * _HALF)) + _ONE
     sin_poly = _SIN_P[0]
     for p in _SIN_P[1:]:
-        sin_poly = _fma(sin_poly, z, p)
-    sin_poly = _fma(sin_poly * z, x, x)
+        sin_poly = fma(sin_poly, z, p)
+    sin_poly = fma(sin_poly * z, x, x)
     zero = np.float32(0.0)
     sin = np.where(first_poly, zero, cos_poly) + np.where(first_poly, sin_poly, zero)
     cos = np.where(first_poly, cos_poly, zero) + np.where(first_poly, zero, sin_poly)

@@ -3,8 +3,8 @@
 `generate_image` is the library entry point (the CLI's `run --prompt` and the C API call it). Stages:
 1. encode: tokenizers + exported text encoders (ONNX Runtime, on the CPU or the first GPU);
 2. denoise: the initial noise equals `torch.randn` from a CPU `torch.Generator` seeded with `seed`, as diffusers
-   draws it (trt_distri.noise computes it without torch), so the same seed gives diffusers' image; then runtime.run_local (CPU, ranks as threads) or
-   runtime.run_gpus (one process per GPU);
+   draws it (trt_distri.noise computes it without torch), so the same seed gives diffusers' image; then
+   runtime.run_local (CPU, ranks as threads) or runtime.run_gpus (one process per GPU);
 3. decode: the exported VAE decoder, in blended tiles when the latent is larger than the VAE's native size
    (trt_distri.vae_tiles).
 Text encoder and VAE sessions are released before and created after the UNet ranks run, so that they never hold
@@ -109,21 +109,24 @@ def encode_prompt(workdir: str | Path, prompt: str, negative_prompt: str = "", d
     return PromptEncoder(Path(workdir), manifest, device).encode(prompt, negative_prompt, manifest.guidance)
 
 
+def latent_shape(manifest: Manifest) -> tuple[int, int, int, int]:
+    """(1, C, h, w) of the work directory's initial latents."""
+    plan = manifest.plan
+    return 1, manifest.model.in_channels, plan.latent_height, plan.latent_width
+
+
 def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, scheduler: str, guidance: float,
                       seed: int):
     """GenerationInputs from embeddings: seeded noise of the latent's shape and the pipeline's scheduler."""
-    from trt_distri.loop import make_scheduler
     from trt_distri.runtime.generation import GenerationInputs
-    from trt_distri.schedule import linear_schedule
+    from trt_distri.schedulers import make_schedule
 
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1. Note: got {steps}")
-    plan = manifest.plan
-    shape = (1, manifest.model.in_channels, plan.latent_height, plan.latent_width)
     config = manifest.scheduler.config if manifest.scheduler is not None else None
-    schedule = linear_schedule(make_scheduler(scheduler, config), steps)
-    return GenerationInputs(initial_noise(shape, seed), emb.cond, emb.uncond, schedule, guidance, emb.text_embeds,
-                            emb.time_ids)
+    schedule = make_schedule(scheduler, config or None, steps)
+    return GenerationInputs(initial_noise(latent_shape(manifest), seed), emb.cond, emb.uncond, schedule, guidance,
+                            emb.text_embeds, emb.time_ids)
 
 
 def start_gpu_ranks(manifest: Manifest, target: Target) -> Future | None:

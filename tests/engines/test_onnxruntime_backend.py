@@ -14,7 +14,7 @@ from trt_distri.config import GNMode, Precision
 from trt_distri.engines.backend import LoadOptions, get_backend
 from trt_distri.engines.build import build_workdir
 from trt_distri.engines.cache import EngineCache
-from trt_distri.export.simulate import Simulator
+from oracles.simulate import Simulator
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
 from export_helpers import export_tiny, unet_inputs  # noqa: E402

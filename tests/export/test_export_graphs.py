@@ -11,7 +11,7 @@ from trt_distri.config import ExportRequest, GNMode, Precision
 from trt_distri.errors import ConfigError, UnsupportedModelError
 from trt_distri.export.exporter import export_unet
 from trt_distri.manifest import Manifest
-from trt_distri.export.simulate import Simulator
+from oracles.simulate import Simulator
 from trt_distri.export.unet_check import check_call
 from trt_distri.models import random_unet
 

@@ -7,9 +7,10 @@ import torch
 
 from helpers import rel_err
 from trt_distri.config import GNMode
-from trt_distri.export.simulate import Simulator
-from trt_distri.loop import LoopInputs, denoise, make_scheduler, psnr
-from trt_distri.reference import PatchReference
+from oracles.simulate import Simulator
+from oracles.diffusers_schedule import make_scheduler
+from oracles.loop import LoopInputs, denoise, psnr
+from oracles.reference import PatchReference
 
 from export_helpers import export_tiny, unet_inputs
 

@@ -21,7 +21,7 @@ def diffusers_image(folder, steps: int, seed: int, negative: str | None = None) 
     """The same saved pipeline run by diffusers itself (DDIM from its scheduler config, as trt-distri makes it)."""
     import torch
 
-    from trt_distri.loop import make_scheduler
+    from oracles.diffusers_schedule import make_scheduler
     from trt_distri.pipeline_models import load_pipeline
 
     pipe = load_pipeline(folder)

@@ -12,13 +12,14 @@ import torch
 from trt_distri.config import ExportRequest, GNMode, Precision
 from trt_distri.errors import TrtDistriError
 from trt_distri.export.exporter import export_unet
-from trt_distri.export.simulate import Simulator
-from trt_distri.loop import LoopInputs, denoise_linear, make_scheduler
+from oracles.simulate import Simulator
+from oracles.diffusers_schedule import make_scheduler
+from oracles.loop import LoopInputs, denoise_linear
 from trt_distri.models import TEXT_EMBEDS_DIM
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import GenerationInputs
 from trt_distri.runtime.local import run_local
-from trt_distri.schedule import linear_schedule
+from oracles.diffusers_schedule import linear_schedule
 
 STEPS, WARMUP = 5, 1
 

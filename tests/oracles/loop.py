@@ -1,4 +1,5 @@
-"""The denoising loop shared by the ONNX simulator and the PyTorch reference (CPU, diffusers schedulers).
+"""The denoising loop shared by the ONNX simulator and the PyTorch reference (CPU, diffusers schedulers; schedulers
+from oracles.diffusers_schedule.make_scheduler).
 
 `unet_step(sample, t, encoder_hidden_states, added_cond_kwargs, sync=...)` returns the noise prediction for the
 full latent; steps 0..warmup_steps run synchronously (DistriFusion's default: 4 warm-up steps after step 0).
@@ -10,25 +11,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-
-from trt_distri.errors import ConfigError
-
-SCHEDULERS = ("ddim", "euler", "dpm++")
-
-
-def make_scheduler(name: str, config: dict | None = None):
-    """A diffusers scheduler by short name, from `config` (a pipeline's scheduler config) or SD defaults."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-
-    base = config or {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                      "num_train_timesteps": 1000, "steps_offset": 1}
-    if name == "ddim":
-        return DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(base)
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++")
-    raise ConfigError(f"unknown scheduler {name!r}. Note: expected one of {', '.join(SCHEDULERS)}")
 
 
 @dataclass
