@@ -1,7 +1,7 @@
 """What libtrt_distri.so calls (capi/python.c): C values in, plain tuples out, exceptions to status codes.
 
-Status codes are `enum trt_distri_status` of trt_distri.h: keep `STATUS` in step with it. Embeddings arrive as
-read-only memoryviews over the caller's memory and are copied before this returns.
+Status codes are `enum trt_distri_status` of trt_distri.h: keep `STATUS` in step with it. Embeddings and initial
+latents arrive as read-only memoryviews over the caller's memory and are copied before this returns.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def create(workdir: str, device: str | None, rank: int, world: int, gpu: int, ba
 
 
 def generate(gen: Generator, prompt: str, negative_prompt: str | None, params: tuple) -> ResultTuple:
-    return _pack(gen.generate(prompt, negative_prompt or "", **_params(params)))
+    return _pack(gen.generate(prompt, negative_prompt or "", **_params(params, gen)))
 
 
 def generate_from_embeddings(gen: Generator, cond, uncond, seq_len: int, dim: int, pooled, negative_pooled,
@@ -44,7 +44,13 @@ def generate_from_embeddings(gen: Generator, cond, uncond, seq_len: int, dim: in
         rows = [negative_pooled] if uncond is not None else []
         text_embeds = np.stack([_floats(m, (pooled_dim,)) for m in rows + [pooled]])
     times = None if time_ids is None else _floats(time_ids, (6,))
-    return _pack(gen.generate_from_embeddings(cond, uncond, text_embeds, times, **_params(params)))
+    return _pack(gen.generate_from_embeddings(cond, uncond, text_embeds, times, **_params(params, gen)))
+
+
+def latent_count(gen: Generator) -> int:
+    """Floats in the initial latents of `gen`'s work directory (trt_distri_generate_params.latents)."""
+    i = gen.info
+    return i.latent_channels * i.latent_height * i.latent_width
 
 
 def info(gen: Generator) -> tuple[int, ...]:
@@ -70,10 +76,13 @@ def describe(exc: BaseException) -> tuple[int, str]:
     return STATUS["INTERNAL"], f"internal error: {type(exc).__name__}: {exc}{at}. Please report it"
 
 
-def _params(t: tuple) -> dict:
-    steps, guidance, seed, scheduler, warmup_steps, width, height = t
+def _params(t: tuple, gen: Generator) -> dict:
+    steps, guidance, seed, scheduler, warmup_steps, width, height, latents = t
+    i = gen.info
     return {"steps": steps, "guidance": guidance, "seed": seed, "scheduler": scheduler or "ddim",
-            "warmup_steps": warmup_steps, "width": width or None, "height": height or None}
+            "warmup_steps": warmup_steps, "width": width or None, "height": height or None,
+            "latents": None if latents is None else _floats(latents, (1, i.latent_channels, i.latent_height,
+                                                                       i.latent_width))}
 
 
 def _floats(view: memoryview, shape: tuple[int, ...]) -> np.ndarray:

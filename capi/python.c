@@ -168,12 +168,24 @@ trt_distri_status td_py_info(void *generator, int v[10]) {
     return s;
 }
 
-static PyObject *params_tuple(const trt_distri_generate_params *p) {
+static PyObject *floats(const float *data, Py_ssize_t n);
+
+/* A read-only view of the caller's initial latents (the generator's latent size), or None. GIL held. */
+static PyObject *latents_view(PyObject *generator, const float *latents) {
+    if (latents == NULL) Py_RETURN_NONE;
+    PyObject *n = PyObject_CallMethod(bridge, "latent_count", "O", generator);
+    Py_ssize_t count = n ? PyLong_AsSsize_t(n) : -1;
+    Py_XDECREF(n);
+    return count < 0 ? NULL : floats(latents, count);
+}
+
+static PyObject *params_tuple(PyObject *generator, const trt_distri_generate_params *p) {
     typedef trt_distri_generate_params params;
-    return Py_BuildValue("(idKziii)", TD_FIELD(p, params, steps, 30), (double)TD_FIELD(p, params, guidance, 5.0f),
+    return Py_BuildValue("(idKziiiN)", TD_FIELD(p, params, steps, 30), (double)TD_FIELD(p, params, guidance, 5.0f),
                          (unsigned long long)TD_FIELD(p, params, seed, 0), TD_FIELD(p, params, scheduler, NULL),
                          TD_FIELD(p, params, warmup_steps, 4), TD_FIELD(p, params, width, 0),
-                         TD_FIELD(p, params, height, 0));
+                         TD_FIELD(p, params, height, 0),
+                         latents_view(generator, TD_FIELD(p, params, latents, (const float *)NULL)));
 }
 
 static char *copy_string(PyObject *text) {
@@ -228,7 +240,8 @@ static trt_distri_status call_generate(const char *method, PyObject *args, td_re
 trt_distri_status td_py_generate(void *generator, const char *prompt, const char *negative_prompt,
                                  const trt_distri_generate_params *params, td_result **out) {
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *args = Py_BuildValue("(OszN)", (PyObject *)generator, prompt, negative_prompt, params_tuple(params));
+    PyObject *args = Py_BuildValue("(OszN)", (PyObject *)generator, prompt, negative_prompt,
+                                   params_tuple((PyObject *)generator, params));
     trt_distri_status s = call_generate("generate", args, out);
     PyGILState_Release(gil);
     return s;
@@ -247,7 +260,7 @@ trt_distri_status td_py_generate_from_embeddings(void *generator, const trt_dist
     PyObject *args = Py_BuildValue("(ONNiiNNiNN)", (PyObject *)generator, floats(e->cond, tokens),
                                    floats(e->uncond, tokens), e->seq_len, e->dim, floats(e->pooled, e->pooled_dim),
                                    floats(e->negative_pooled, e->pooled_dim), e->pooled_dim, floats(e->time_ids, 6),
-                                   params_tuple(params));
+                                   params_tuple((PyObject *)generator, params));
     trt_distri_status s = call_generate("generate_from_embeddings", args, out);
     PyGILState_Release(gil);
     return s;

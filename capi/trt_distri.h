@@ -100,6 +100,12 @@ typedef struct trt_distri_generate_params {
     const char *scheduler; /* "ddim" (NULL: default), "euler" or "dpm++" */
     int warmup_steps;      /* synchronous steps after step 0 (default 4) */
     int width, height;     /* 0: the work directory's size; anything else must equal it */
+    const float *latents;  /* NULL: initial noise from `seed`. Else the initial noise itself, as diffusers'
+                              latents= (before the scheduler's init_noise_sigma scaling): latent_channels x
+                              latent_height x latent_width fp32, row-major (trt_distri_generator_get_info), finite.
+                              Read during the call only. Appended to the struct after the first release: a
+                              program built against an older header passes a smaller struct_size and gets the
+                              seed's noise */
 } trt_distri_generate_params;
 
 /* Text conditioning computed elsewhere (row-major fp32, host memory). */
@@ -133,7 +139,7 @@ static inline void trt_distri_generator_options_init(trt_distri_generator_option
 }
 
 static inline void trt_distri_generate_params_init(trt_distri_generate_params *p) {
-    trt_distri_generate_params d = {sizeof(trt_distri_generate_params), 30, 5.0f, 0, NULL, 4, 0, 0};
+    trt_distri_generate_params d = {sizeof(trt_distri_generate_params), 30, 5.0f, 0, NULL, 4, 0, 0, NULL};
     *p = d;
 }
 

@@ -21,7 +21,7 @@ import gc
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class Params:
     warmup_steps: int = 4
     width: int | None = None
     height: int | None = None
+    latents: np.ndarray | None = None  # (1, C, h, w) or (C, h, w) initial noise, as diffusers' latents=; None: seed
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class Generator:
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate(self, prompt: str, negative_prompt: str = "", **params) -> Result:
         """Prompt -> image with the work directory's text encoders, UNet ranks and VAE (trt_distri.pipeline);
-        equals `trt_distri.pipeline.generate_image` for the same arguments."""
+        equals `trt_distri.pipeline.generate_image` for the same arguments. `params`: the fields of Params
+        (steps, guidance, seed, scheduler, warmup_steps, width, height, latents)."""
         p = self._params(params)
         if self.manifest.text_encoders is None:
             raise UnavailableError(f"no text encoders in {self.workdir}: it was exported from a UNet alone. Note: "
@@ -151,7 +153,7 @@ class Generator:
     def _generate(self, emb, p: Params, start: float) -> Result:
         from trt_distri.pipeline import generation_inputs
 
-        inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed)
+        inputs = generation_inputs(self.manifest, emb, p.steps, p.scheduler, p.guidance, p.seed, p.latents)
         latents = self._ranks.run(inputs, RunOptions(warmup_steps=p.warmup_steps, cuda_graph=self.cuda_graph))
         if self.manifest.vae is None:
             return Result(latents, None, time.perf_counter() - start, image_missing=(
@@ -226,7 +228,14 @@ class Generator:
         for ok, what, expected, got in checks:
             if not ok:
                 raise InvalidArgumentError(f"{what}. Note: expected {expected}, got {got}")
-        return p
+        if p.latents is None:
+            return p
+        from trt_distri.pipeline import check_latents
+
+        try:
+            return replace(p, latents=check_latents(self.manifest, p.latents))
+        except ConfigError as exc:
+            raise InvalidArgumentError(str(exc)) from None
 
     # ---- lifetime --------------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -115,9 +115,27 @@ def latent_shape(manifest: Manifest) -> tuple[int, int, int, int]:
     return 1, manifest.model.in_channels, plan.latent_height, plan.latent_width
 
 
+def check_latents(manifest: Manifest, latents) -> np.ndarray:
+    """Caller's initial latents (diffusers' `latents=`: unscaled noise) as C-contiguous fp32 (1, C, h, w); a
+    (C, h, w) array gets the batch of 1. Refuses another shape, a non-float dtype and NaN/infinity."""
+    shape = latent_shape(manifest)
+    arr = np.asarray(latents)
+    if arr.dtype.kind != "f":
+        raise ConfigError(f"latents must be floating point. Note: expected float32 (float16/float64 are converted), "
+                          f"got {arr.dtype}")
+    arr = arr[None] if arr.shape == shape[1:] else arr
+    if arr.shape != shape:
+        raise ConfigError(f"latents have the wrong shape. Note: expected {shape} (or {shape[1:]}), the work "
+                          f"directory's latent, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ConfigError("latents hold NaN or infinity. Note: expected finite values")
+    return np.ascontiguousarray(arr, np.float32)
+
+
 def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, scheduler: str, guidance: float,
-                      seed: int):
-    """GenerationInputs from embeddings: seeded noise of the latent's shape and the pipeline's scheduler."""
+                      seed: int, latents: np.ndarray | None = None):
+    """GenerationInputs from embeddings: seeded noise of the latent's shape (or the caller's `latents`, checked by
+    check_latents) and the pipeline's scheduler."""
     from trt_distri.runtime.generation import GenerationInputs
     from trt_distri.schedulers import make_schedule
 
@@ -125,8 +143,8 @@ def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, sch
         raise ConfigError(f"--steps must be at least 1. Note: got {steps}")
     config = manifest.scheduler.config if manifest.scheduler is not None else None
     schedule = make_schedule(scheduler, config or None, steps)
-    return GenerationInputs(initial_noise(latent_shape(manifest), seed), emb.cond, emb.uncond, schedule, guidance,
-                            emb.text_embeds, emb.time_ids)
+    noise = initial_noise(latent_shape(manifest), seed) if latents is None else check_latents(manifest, latents)
+    return GenerationInputs(noise, emb.cond, emb.uncond, schedule, guidance, emb.text_embeds, emb.time_ids)
 
 
 def start_gpu_ranks(manifest: Manifest, target: Target) -> Future | None:
@@ -235,8 +253,10 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
                    guidance: float = 5.0, seed: int = 0, scheduler: str = "ddim", warmup_steps: int = 4,
                    device: str | None = None, gpus: str | None = None, output_type: str = "pil",
                    backend: str = DEFAULT_BACKEND, progress: Progress | None = None, height: int | None = None,
-                   width: int | None = None, target: Target | None = None) -> ImageResult:
-    """Generate one image for `prompt` with an exported work directory (see the module docstring)."""
+                   width: int | None = None, target: Target | None = None,
+                   latents: np.ndarray | None = None) -> ImageResult:
+    """Generate one image for `prompt` with an exported work directory (see the module docstring); `latents`
+    (1, C, h, w), as diffusers' `latents=`, replace the seeded noise."""
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"unknown output type {output_type!r}. Note: expected one of {', '.join(OUTPUT_TYPES)}")
     workdir = Path(workdir)
@@ -250,7 +270,7 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
     try:
         report("encode", 0, 1)
         emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest)
-        inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed)
+        inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed, latents)
         stages["encode"] = _lap(start, stages)
         report("encode", 1, 1)
         report("denoise", 0, steps)

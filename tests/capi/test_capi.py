@@ -122,3 +122,20 @@ print(lib.trt_distri_version().decode())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == trt_distri.__version__, out.stderr
+
+
+def test_initial_latents_from_c_equal_the_seed_they_were_drawn_from(compile_c, unet_workdir, tmp_path):
+    """params.latents set to the noise of seed 7 gives seed 7's latents; a caller built against a header without
+    the field (smaller struct_size) gets the seed's noise; NaN latents are refused."""
+    from trt_distri.noise import randn
+
+    with Generator(unet_workdir(), device="cpu") as g:
+        i = g.info
+        shape = (1, i.latent_channels, i.latent_height, i.latent_width)
+        zeros = np.zeros((i.seq_len, i.dim), np.float32)
+        expected = g.generate_from_embeddings(zeros, zeros if i.guidance else None, steps=2, seed=7).latents
+    randn(shape, 7).tofile(tmp_path / "in.f32")
+    paths = [tmp_path / name for name in ("in.f32", "given.f32", "old.f32")]
+    _run(compile_c(HERE / "latents_check.c"), unet_workdir(), *paths)
+    for path in paths[1:]:
+        assert np.array_equal(np.fromfile(path, np.float32).reshape(shape), expected), path.name

@@ -122,3 +122,33 @@ def test_generator_keeps_encoders_and_vae_loaded(workdir, monkeypatch, keep):
         first, second = (generator.generate("a fox", steps=2, seed=3).image for _ in range(2))
     assert sorted(loads) == sorted(["PromptEncoder", "VaeDecoder"] * (1 if keep else 2))
     np.testing.assert_array_equal(first, second)
+
+
+def test_initial_latents_replace_the_seeded_noise(workdir):
+    """latents= (diffusers' meaning: the unscaled initial noise) drawn as seed 5 draws it gives seed 5's image, from a
+    prompt and from embeddings alike."""
+    from trt_distri.api import Generator
+    from trt_distri.noise import randn
+    from trt_distri.prompt import PromptEncoder
+
+    with Generator(workdir("tiny-sd"), device="cpu") as g:
+        i = g.info
+        noise = randn((1, i.latent_channels, i.latent_height, i.latent_width), 5)
+        seeded = g.generate(PROMPT, steps=2, seed=5)
+        given = g.generate(PROMPT, steps=2, seed=0, latents=noise[0])  # (C, h, w) gets its batch of 1
+        emb = PromptEncoder(g.workdir, g.manifest).encode(PROMPT)
+        from_embeddings = g.generate_from_embeddings(emb.cond, emb.uncond, steps=2, latents=noise)
+    assert np.array_equal(given.latents, seeded.latents) and np.array_equal(given.image, seeded.image)
+    assert np.array_equal(from_embeddings.latents, seeded.latents)
+
+
+@pytest.mark.parametrize("latents, message", [
+    (np.zeros((1, 4, 16, 15), np.float32), r"wrong shape. Note: expected \(1, 4, 16, 16\)"),
+    (np.zeros((1, 4, 16, 16), np.int32), "must be floating point"),
+    (np.full((1, 4, 16, 16), np.nan, np.float32), "NaN or infinity"),
+])
+def test_bad_initial_latents_are_refused(workdir, latents, message):
+    from trt_distri.api import Generator, InvalidArgumentError
+
+    with Generator(workdir("tiny-sd"), device="cpu") as g, pytest.raises(InvalidArgumentError, match=message):
+        g.generate(PROMPT, steps=1, latents=latents)
