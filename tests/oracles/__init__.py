@@ -1,5 +1,5 @@
 """Test oracles: independent computations that prove the product, never part of it (the runtime, the API and the
-CLI do not import them; tests/test_serving_imports.py checks that).
+CLI do not import them; tests/pipeline/test_serving_imports.py checks that).
 
 - simulate: runs an exported work directory's ranks in one process with ONNX Runtime, driven by the manifest;
 - reference: an eager-PyTorch DistriFusion reference on a diffusers UNet;
