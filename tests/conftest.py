@@ -10,6 +10,13 @@ import pytest
 
 from helpers import rel_err as _rel_err
 
+try:  # one thread: on a shared 2-core machine torch's default pool oversubscribes the cores (issue 17)
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the serving path's tests run without torch
+    pass
+
 
 @functools.cache
 def _cuda_gpu_count() -> int:
