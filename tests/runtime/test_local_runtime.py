@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from oracles.diffusers_schedule import linear_schedule, make_scheduler
+from oracles.loop import LoopInputs, denoise_linear
+from oracles.simulate import Simulator
 from trt_distri.config import ExportRequest, GNMode, Precision
 from trt_distri.errors import TrtDistriError
 from trt_distri.export.exporter import export_unet
-from oracles.simulate import Simulator
-from oracles.diffusers_schedule import make_scheduler
-from oracles.loop import LoopInputs, denoise_linear
 from trt_distri.models import TEXT_EMBEDS_DIM
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import GenerationInputs
 from trt_distri.runtime.local import run_local
-from oracles.diffusers_schedule import linear_schedule
 
 STEPS, WARMUP = 5, 1
 
