@@ -13,6 +13,10 @@ _COMMON = {"act_fn": "silu", "center_input_sample": False, "flip_sin_to_cos": Tr
            "in_channels": 4, "out_channels": 4, "norm_eps": 1e-5, "downsample_padding": 1,
            "mid_block_scale_factor": 1, "upcast_attention": False}
 
+#: text_embeds width of the SDXL-shaped configs: the pooled embedding of the second text encoder (its projection_dim
+#: in trt_distri.pipeline_models), and with the time ids the UNet's projection_class_embeddings_input_dim.
+TEXT_EMBEDS_DIM = {"tiny-sdxl": 24, "sdxl": 1280}
+
 UNET_CONFIGS: dict[str, dict] = {
     "tiny-sd": {**_COMMON, "block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8,
                 "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
@@ -25,7 +29,8 @@ UNET_CONFIGS: dict[str, dict] = {
                   "cross_attention_dim": 32, "attention_head_dim": [1, 2, 4],
                   "transformer_layers_per_block": [1, 1, 2], "use_linear_projection": True,
                   "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-                  "projection_class_embeddings_input_dim": 24 + 6 * 8, "sample_size": 16},
+                  "projection_class_embeddings_input_dim": TEXT_EMBEDS_DIM["tiny-sdxl"] + 6 * 8,  # 6 time ids
+                  "sample_size": 16},
     "sd15": {**_COMMON, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
              "norm_num_groups": 32,
              "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
@@ -38,11 +43,9 @@ UNET_CONFIGS: dict[str, dict] = {
              "cross_attention_dim": 2048, "attention_head_dim": [5, 10, 20],
              "transformer_layers_per_block": [1, 2, 10], "use_linear_projection": True,
              "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-             "projection_class_embeddings_input_dim": 2816, "sample_size": 128},
+             "projection_class_embeddings_input_dim": TEXT_EMBEDS_DIM["sdxl"] + 6 * 256, "sample_size": 128},
 }
 
-#: text_embeds width for the SDXL-shaped configs (pooled text embedding of the second text encoder).
-TEXT_EMBEDS_DIM = {"tiny-sdxl": 24, "sdxl": 1280}
 
 
 def random_unet(name: str, seed: int = 0, dtype=None):

@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 from trt_distri.errors import ConfigError
-from trt_distri.models import random_unet
+from trt_distri.models import TEXT_EMBEDS_DIM, random_unet
 
 _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
            "hidden_act": "quick_gelu", "vocab_size": 49408, "projection_dim": 768}
 _CLIP_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-              "hidden_act": "gelu", "vocab_size": 49408, "projection_dim": 1280}
+              "hidden_act": "gelu", "vocab_size": 49408, "projection_dim": TEXT_EMBEDS_DIM["sdxl"]}
 
 
 def _tiny_clip(hidden: int, projection: int) -> dict:
@@ -27,7 +27,8 @@ def _tiny_clip(hidden: int, projection: int) -> dict:
 #: Text encoder configs per shipped name: one (SD 1.x/2.x) or two (SDXL; the second has a projection).
 TEXT_ENCODER_CONFIGS: dict[str, list[dict]] = {
     "tiny-sd": [_tiny_clip(24, 24)],
-    "tiny-sdxl": [_tiny_clip(16, 16), _tiny_clip(16, 24)],  # 16 + 16 = cross_attention_dim 32; pooled 24
+    # 16 + 16 = cross_attention_dim 32; the second's projection is the pooled text_embeds
+    "tiny-sdxl": [_tiny_clip(16, 16), _tiny_clip(16, TEXT_EMBEDS_DIM["tiny-sdxl"])],
     "sd15": [_CLIP_L],
     "sdxl": [_CLIP_L, _CLIP_BIGG],
 }
