@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from trt_distri.errors import CorruptEngineError, TrtDistriError
+from trt_distri.cudart import check as cuda_check, runtime as cuda_runtime
+from trt_distri.errors import CorruptEngineError
 
 SHARE_ENV = "TRT_DISTRI_SHARE_WEIGHTS"
 
@@ -116,25 +117,19 @@ class _DeviceBlock:
     """The whole weights file in one device allocation (cuda-python's runtime), freed by `free` or at exit."""
 
     def __init__(self, device: int, data: np.ndarray) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # cuda-python < 12.6
-        self.rt, self.ptr = cudart, 0
-        self._check(cudart.cudaSetDevice(device), "cudaSetDevice")
-        self.ptr = int(self._check(cudart.cudaMalloc(max(data.size, 256)), f"cudaMalloc({data.size} bytes)"))
+        self.rt, self.ptr = cuda_runtime("sharing ONNX Runtime weights on a GPU"), 0
+        self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
+        self.ptr = int(self._check(self.rt.cudaMalloc(max(data.size, 256)), f"cudaMalloc({data.size} bytes)"))
         step = 1 << 28
         for start in range(0, data.size, step):  # from the page cache, a chunk at a time
             chunk = np.ascontiguousarray(data[start:start + step])
-            self._check(cudart.cudaMemcpy(self.ptr + start, chunk.ctypes.data, chunk.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy weights")
+            self._check(self.rt.cudaMemcpy(self.ptr + start, chunk.ctypes.data, chunk.nbytes,
+                                           self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy weights")
 
-    def _check(self, result, what: str):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise TrtDistriError(f"{what} failed while loading the shared weights: {err}. Fix: free GPU memory, or "
-                                 f"set {SHARE_ENV}=0")
-        return rest[0] if len(rest) == 1 else None
+    @staticmethod
+    def _check(result, what: str):
+        return cuda_check(result, f"{what} (loading the shared weights)",
+                          f"free GPU memory, or set {SHARE_ENV}=0")
 
     def free(self) -> None:
         if self.ptr:

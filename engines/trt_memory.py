@@ -9,41 +9,29 @@ old block is freed first, so the peak stays one block), hands it to each context
 when the last context using it is gone. A block that grew after a context received the old one carries a new
 `generation`: the context takes the new block before its next run (and a captured CUDA graph is captured again).
 
-The CUDA runtime comes from cuda-python (`cuda.bindings.runtime`), imported on first use; tests pass a stand-in.
+The CUDA runtime comes from cuda-python through trt_distri.cudart, imported on first use; tests pass a stand-in.
 """
 from __future__ import annotations
 
-import importlib
 import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from trt_distri.errors import EngineRunError, MissingPackageError
+from trt_distri import cudart as cuda
+from trt_distri.errors import EngineRunError
 
 __all__ = ["Block", "ContextMemory", "check", "cudart", "engine_memory_size", "shared_context_memory"]
 
 
 def cudart() -> ModuleType:
-    """cuda-python's CUDA runtime bindings (>= 12.6 first, then older releases)."""
-    for module in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(module)
-        except ImportError:
-            continue
-    raise MissingPackageError("running TensorRT engines needs the CUDA runtime bindings of cuda-python, which "
-                              "failed to import. Fix: pip install cuda-python")
+    """cuda-python's CUDA runtime bindings (trt_distri.cudart)."""
+    return cuda.runtime("running TensorRT engines")
 
 
 def check(result: Any, what: str) -> Any:
-    """Unpack a cuda-python `(error, value...)` tuple; a failed call raises EngineRunError naming it."""
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
-        raise EngineRunError(f"CUDA runtime call {what} failed: {error}. Note: expected cudaSuccess. Fix: check the "
-                             "GPU with nvidia-smi; run with -v for TensorRT's log")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
+    """trt_distri.cudart.check for TensorRT: a failed call raises EngineRunError naming it."""
+    return cuda.check(result, what, "check the GPU with nvidia-smi; run with -v for TensorRT's log", EngineRunError)
 
 
 def engine_memory_size(engine: Any) -> int:

@@ -1,7 +1,7 @@
 """A CUDA device through cuda-python's runtime bindings, with the interface of runtime.host.HostDevice.
 
 Pointers and streams are plain ints everywhere else in the runtime (sessions bind ints, NCCL takes ints); this
-module wraps them into cuda-python's handle types at the call. Every call's status is checked.
+module wraps them into cuda-python's handle types at the call. Every call's status is checked (trt_distri.cudart).
 """
 from __future__ import annotations
 
@@ -9,31 +9,17 @@ import os
 
 import numpy as np
 
-from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError
+from trt_distri import cudart
+from trt_distri.errors import ConfigError
 
 MEMORY_CAP_ENV = "TRT_DISTRI_DEVICE_MEMORY_CAP_GIB"
-
-
-class CudaError(TrtDistriError):
-    """A CUDA runtime call failed."""
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise MissingPackageError("the GPU runtime needs cuda-python. Fix: pip install cuda-python") from None
-    return cudart
 
 
 class CudaDevice:
     kind = "cuda"
 
     def __init__(self, index: int) -> None:
-        self.rt = _cudart()
+        self.rt = cudart.runtime()
         self.index = index
         self._check(self.rt.cudaSetDevice(index), "cudaSetDevice")
         self._allocs: list[int] = []
@@ -42,11 +28,7 @@ class CudaDevice:
         self._cap()
 
     def _check(self, result, what: str):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != self.rt.cudaError_t.cudaSuccess:
-            name = self.rt.cudaGetErrorString(err)[1].decode() if hasattr(self.rt, "cudaGetErrorString") else err
-            raise CudaError(f"{what} failed on GPU {self.index}: {name}")
-        return rest[0] if len(rest) == 1 else rest
+        return cudart.check(result, f"{what} on GPU {self.index}")
 
     def _stream(self, stream: int):
         return self.rt.cudaStream_t(int(stream))

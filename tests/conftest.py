@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import shutil
-import subprocess
 
 import pytest
 
 from helpers import rel_err as _rel_err
+from trt_distri.engines.gpus import list_gpus
 
 try:  # one thread: on a shared 2-core machine torch's default pool oversubscribes the cores (issue 17)
     import torch
@@ -16,19 +15,6 @@ try:  # one thread: on a shared 2-core machine torch's default pool oversubscrib
     torch.set_num_threads(1)
 except ImportError:  # the serving path's tests run without torch
     pass
-
-
-@functools.cache
-def _cuda_gpu_count() -> int:
-    """GPUs listed by `nvidia-smi -L`; 0 when it is absent or fails (no driver)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 @functools.cache
@@ -44,7 +30,7 @@ def _import_error(module: str) -> str | None:
 def _skip_reason(item: pytest.Item) -> str | None:
     gpus = None
     if item.get_closest_marker("gpu") or item.get_closest_marker("multi_gpu"):
-        gpus = _cuda_gpu_count()
+        gpus = len(list_gpus())
         if gpus == 0:
             return "no CUDA GPU on this machine"
     if item.get_closest_marker("multi_gpu") and gpus is not None and gpus < 2:

@@ -282,7 +282,7 @@ def _pick_device(device: str | None) -> str:
         raise InvalidArgumentError(f"unknown device {device!r}. Note: expected 'cpu', 'cuda' or None (automatic)")
     if device is not None:
         return device
-    from trt_distri.pipeline import cuda_device_count
+    from trt_distri.pipeline import default_device
 
-    return "cuda" if cuda_device_count() > 0 else "cpu"
+    return default_device()
 

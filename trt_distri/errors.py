@@ -61,5 +61,9 @@ class CorruptEngineError(EngineCacheError):
     """An engine file is truncated or its checksum differs from its metadata."""
 
 
+class CudaError(TrtDistriError):
+    """A CUDA runtime call failed (trt_distri.cudart.check names the call and CUDA's error)."""
+
+
 class EngineRunError(TrtDistriError):
     """A backend failed while running a loaded engine (for instance capturing or replaying its CUDA graph)."""

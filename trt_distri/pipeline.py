@@ -73,20 +73,19 @@ def make_target(device: str | None, gpus: str | None, backend: str = DEFAULT_BAC
                               "as 0,1,2,3") from None
         if not indices:
             raise ConfigError(f"--gpus {gpus!r} names no GPU. Note: expected a count >= 1 or indices such as 0,1")
-    device = device or ("cuda" if cuda_device_count() else "cpu")
+    device = device or default_device()
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r}. Note: expected cpu or cuda")
     return Target(device, indices, backend, **extra)
 
 
-def cuda_device_count() -> int:
-    """CUDA devices the runtime can see (0 without cuda-python or a driver)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return 0
-    err, count = cudart.cudaGetDeviceCount()
-    return count if err == cudart.cudaError_t.cudaSuccess else 0
+def default_device() -> str:
+    """"cuda" where nvidia-smi lists a GPU (engines.gpus, the one GPU count) and cuda-python's runtime imports,
+    else "cpu"."""
+    from trt_distri import cudart
+    from trt_distri.engines.gpus import list_gpus
+
+    return "cuda" if list_gpus() and cudart.available() else "cpu"
 
 
 def initial_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
