@@ -9,6 +9,8 @@ import ctypes
 
 import numpy as np
 
+from trt_distri.engines.backend import Session
+
 
 class HostDevice:
     kind = "cpu"
@@ -70,18 +72,18 @@ class HostDevice:
         self._buffers.clear()
 
 
-class HostBoundSession:
-    """Gives a CPU session the bind/run_async interface: bound host addresses are read and written in place."""
+class HostBoundSession(Session):
+    """A CPU session behind the bind/run_async half of the Session contract: bound host addresses (HostDevice's)
+    are read and written in place; names are checked as every backend's session checks them."""
 
-    def __init__(self, session, device: HostDevice) -> None:
+    def __init__(self, session: Session, device: HostDevice) -> None:
+        super().__init__(session.inputs, session.outputs)
         self.session, self.device = session, device
-        self.inputs, self.outputs = session.inputs, session.outputs
-        self._bound: dict[str, int] = {}
 
-    def bind(self, name: str, ptr: int) -> None:
-        self._bound[name] = int(ptr)
+    def _run_host_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run_host(feeds)
 
-    def run_async(self, stream: int = 0) -> None:
+    def _run_async_impl(self, stream: int) -> None:
         feeds = {t.name: self.device.view(self._bound[t.name], t.shape, t.dtype) for t in self.inputs}
         outs = self.session.run_host(feeds)
         for t in self.outputs:

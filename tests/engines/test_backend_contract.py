@@ -1,6 +1,7 @@
 """One contract, run against every backend whose package imports here (ONNX Runtime always; TensorRT-RTX on CI;
 TensorRT where `tensorrt` imports). Loading needs a GPU except where `runs_without_gpu`: those tests skip with the
-reason elsewhere."""
+reason elsewhere. Both ways to run are covered: `run_host`, and `bind`/`run_async`, the runtime's path, on the
+device a rank would use (runtime.host's stand-in on the CPU, runtime.cuda on a GPU)."""
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,8 @@ from trt_distri.engines.backend import BACKENDS, LoadOptions, available_backends
 from trt_distri.engines.gpus import list_gpus
 from trt_distri.engines.io_check import check_io_against_manifest
 from trt_distri.errors import ConfigError, MissingPackageError
-from trt_distri.manifest import Segment, decode_record
+from trt_distri.manifest import Segment, decode_record, nbytes
+from trt_distri.runtime.host import HostBoundSession, HostDevice
 
 from test_trt_build import B, H, L, W, _segment, _tiny_graph
 
@@ -61,17 +63,62 @@ class TestBackendContract:
         session = backend.load(engine, LoadOptions(device, weights_dir=graph[0].parent))
         assert [t.name for t in session.inputs] == ["sample", "kv.attn1.peer1"]
         feeds = _feeds(graph[1])
-        got = session.run_host(feeds)
-        want = ort.InferenceSession(str(graph[0]), providers=["CPUExecutionProvider"]).run(None, feeds)
-        for spec, ref in zip(_segment(graph[1])["outputs"], want):
-            assert got[spec["name"]].dtype == ref.dtype
-            np.testing.assert_allclose(got[spec["name"]], ref, rtol=2e-2, atol=2e-2)
+        _assert_matches_reference(session.run_host(feeds), graph, feeds)
+
+    @pytest.mark.parametrize("place", ["host", pytest.param("cuda", marks=pytest.mark.gpu)])
+    def test_bound_run_matches_onnxruntime_reference(self, name: str, place: str, graph: tuple[Path, str],
+                                                     tmp_path: Path) -> None:
+        """Every tensor bound to memory of the rank's device, one run_async on the device's stream, as the runtime's
+        executor runs a segment: the outputs equal ONNX Runtime's CPU run of the graph."""
+        backend = get_backend(name)
+        caps = backend.capabilities()
+        if place == "host" and not caps.runs_without_gpu:
+            pytest.skip(f"{backend.label} engines run only on a CUDA GPU")
+        device = HostDevice() if place == "host" else _cuda_device()
+        try:
+            stream, index = device.stream(), device.index  # HostDevice: stream 0, index None
+            engine = tmp_path / f"e{caps.engine_suffix}"
+            engine.write_bytes(backend.build(graph[0], backend.build_options(), backend.device_arch(index))[0])
+            loaded = backend.load(engine, LoadOptions(index, stream if index is not None else None,
+                                                      weights_dir=graph[0].parent))
+            session = HostBoundSession(loaded, device) if place == "host" else loaded
+            feeds = _feeds(graph[1])
+            got = _run_bound(session, device, stream, feeds)
+        finally:
+            device.close()
+        _assert_matches_reference(got, graph, feeds)
 
     def test_missing_package_names_it(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         module, package = _MODULES[name]
         monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
         with pytest.raises(MissingPackageError, match=f"pip install {package}"):
             get_backend(name).version()
+
+
+def _cuda_device():
+    from trt_distri.runtime.cuda import CudaDevice
+
+    return CudaDevice(0)
+
+
+def _run_bound(session, device, stream: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Bind every input and output to memory of `device`, upload `feeds`, run_async on `stream`, download."""
+    ptrs = {t.name: device.alloc(nbytes(t.shape, t.dtype)) for t in session.inputs + session.outputs}
+    for name, ptr in ptrs.items():
+        session.bind(name, ptr)
+    for t in session.inputs:
+        device.upload(ptrs[t.name], feeds[t.name].astype(t.dtype), stream)
+    session.run_async(stream)
+    device.synchronize(stream)
+    return {t.name: device.download(ptrs[t.name], t.shape, t.dtype, stream) for t in session.outputs}
+
+
+def _assert_matches_reference(got: dict[str, np.ndarray], graph: tuple[Path, str],
+                              feeds: dict[str, np.ndarray]) -> None:
+    want = ort.InferenceSession(str(graph[0]), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for spec, ref in zip(_segment(graph[1])["outputs"], want):
+        assert got[spec["name"]].dtype == ref.dtype
+        np.testing.assert_allclose(got[spec["name"]], ref, rtol=2e-2, atol=2e-2)
 
 
 def test_every_backend_is_listed() -> None:
@@ -83,11 +130,14 @@ def test_unknown_backend_names_the_choices() -> None:
         get_backend("tensorrt")
 
 
-def test_session_checks_feeds_and_bindings(graph: tuple[Path, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("host_bound", [False, True], ids=["session", "host-bound"])
+def test_session_checks_feeds_and_bindings(graph: tuple[Path, str], tmp_path: Path, host_bound: bool) -> None:
     backend = get_backend("ort")
     engine = tmp_path / "e.onnx"
     engine.write_bytes(backend.build(graph[0], backend.build_options())[0])
     session = backend.load(engine, LoadOptions(None, weights_dir=graph[0].parent))
+    if host_bound:
+        session = HostBoundSession(session, HostDevice())
     with pytest.raises(ConfigError, match="exactly the session's inputs"):
         session.run_host({"sample": np.zeros((B, 32, H, W), np.float32)})
     with pytest.raises(ConfigError, match="no such tensor"):
