@@ -7,8 +7,7 @@
 Every image is one `trt_distri.api.Generator.generate` call (the same code path as the CLI, the C API and the
 server). The defaults are diffusers': 50 steps, guidance 5.0 (SDXL) or 7.5 (SD 1.x/2.x). The initial noise:
 - `generator=` (a CPU torch.Generator, or one per image): drawn from it as diffusers draws it (one `torch.randn` of
-  the whole batch) and passed as `latents`, so the same generator gives diffusers' noise; where the Generator API
-  takes no `latents`, a freshly seeded generator is used through its seed (the same noise for one image);
+  the whole batch) and passed as `latents`, so the same generator gives diffusers' noise;
 - `seed=` (this class's shortcut): image i of the call uses seed + i;
 - `latents=`: (batch, C, h, w) noise, as in diffusers;
 - none of these: a random seed.
@@ -17,15 +16,13 @@ where diffusers returns a torch tensor; the VAE still runs).
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trt_distri.api import Generator, InvalidArgumentError, Params, UnavailableError
+from trt_distri.api import Generator, InvalidArgumentError
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 
@@ -35,12 +32,6 @@ class DistriPipelineOutput:
     """What diffusers' pipelines return: `.images` (see the module docstring for each output_type)."""
 
     images: list | np.ndarray
-
-
-def generator_accepts_latents() -> bool:
-    """Whether `Generator.generate` takes initial noise (`latents=`)."""
-    params = inspect.signature(Generator.generate).parameters
-    return "latents" in params or "latents" in {f.name for f in dataclasses.fields(Params)}
 
 
 class DistriPipeline:
@@ -116,15 +107,7 @@ def _prompts(prompt, negative_prompt, per_prompt: int) -> tuple[list[str], list[
     return ([p for p in prompts for _ in range(per_prompt)], [n for n in negatives for _ in range(per_prompt)])
 
 
-def _needs_latents(what: str) -> None:
-    if not generator_accepts_latents():
-        raise UnavailableError(f"{what} needs trt_distri.api.Generator.generate(latents=...), which this "
-                               "installation lacks. Fix: pass seed= (or a freshly seeded torch.Generator) instead, or "
-                               "update trt-distri")
-
-
 def _split_latents(latents, shape: tuple[int, ...]) -> list[dict]:
-    _needs_latents("latents=")
     arr = np.asarray(latents.detach().cpu().float().numpy() if hasattr(latents, "detach") else latents, np.float32)
     arr = arr[None] if arr.ndim == 3 else arr
     if arr.shape != shape:
@@ -140,22 +123,9 @@ def _from_torch_generators(generator, shape: tuple[int, ...]) -> list[dict]:
     if len(gens) not in (1, shape[0]) or not all(isinstance(g, torch.Generator) for g in gens):
         raise InvalidArgumentError(f"invalid generator. Note: expected a torch.Generator or a list of {shape[0]}, "
                                    f"got {type(generator).__name__}")
-    if generator_accepts_latents():  # diffusers' randn_tensor: one draw for the batch, or one per generator
-        if len(gens) == 1:
-            noise = torch.randn(shape, generator=gens[0], dtype=torch.float32)
-        else:
-            noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in gens])
-        return [{"latents": noise[i:i + 1].numpy()} for i in range(shape[0])]
-    if len(gens) != shape[0] or not all(_fresh(g) for g in gens):
-        _needs_latents("a torch.Generator that was used already, or one generator for several images,")
-    for g in gens:  # advance each as diffusers' draw would
-        torch.randn((1, *shape[1:]), generator=g)
-    return [{"seed": g.initial_seed()} for g in gens]
-
-
-def _fresh(generator) -> bool:
-    """Whether `generator` is in the state manual_seed(initial_seed()) left it in (nothing drawn yet)."""
-    import torch
-
-    state = torch.Generator(device=generator.device).manual_seed(generator.initial_seed()).get_state()
-    return bool(torch.equal(state, generator.get_state()))
+    # diffusers' randn_tensor: one draw for the batch, or one per generator
+    if len(gens) == 1:
+        noise = torch.randn(shape, generator=gens[0], dtype=torch.float32)
+    else:
+        noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in gens])
+    return [{"latents": noise[i:i + 1].numpy()} for i in range(shape[0])]
