@@ -63,7 +63,7 @@ def serve(args: argparse.Namespace) -> int:
     if not idle:
         logger.warning("a generation was still running %.0f s after the stop: its ranks are stopped as this process "
                        "exits", options.drain_s)
-        return 0
+        _exit_under_running_generation()
     _close_within(generator, STOP_BUDGET_S - (time.monotonic() - stopped_at) - options.drain_s)
     logger.info("stopped")
     return 0
@@ -79,6 +79,22 @@ def _options(args: argparse.Namespace, cls):
         raise ConfigError(f"invalid --timeout or --drain. Note: expected --timeout > 0 and --drain in 0..8 (SIGTERM "
                           f"stops the server within 10 s), got {args.timeout:g} and {args.drain:g}")
     return cls(args.host, args.port, args.max_queue, args.timeout, args.max_images, args.drain)
+
+
+def _exit_under_running_generation() -> None:
+    """End the process while a generation still runs on another thread: rank processes are terminated, then the
+    process exits (status 0) without the interpreter's teardown, which would destroy ONNX Runtime's threads under
+    the running session of a CPU generation (C++ terminate: SIGABRT)."""
+    import multiprocessing
+    import os
+    import sys
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _close_within(generator, seconds: float) -> None:
