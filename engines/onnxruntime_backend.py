@@ -283,6 +283,11 @@ class OnnxRuntimeBackend(Backend):
                 options.add_session_config_entry("session.use_env_allocators", "1")
         if shared_weights is not None:
             store, refs = shared_weights
+            # kernels must read the store itself, not packed or reordered copies, so that writing it (LoRA) reaches
+            # them: no pre-packing, and on the CPU no NCHWc layout pass (it copies convolution weights)
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            if device is None:
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             for ref in refs:
                 options.add_initializer(ref.name, store.value(ref))
         model = Path(engine_path).read_bytes() if weights_dir is not None else str(engine_path)

@@ -7,8 +7,12 @@ weight is an OrtValue viewing its bytes there, and every session receives it wit
 `SessionOptions.add_initializer`, which ORT uses in place when it already lives where the session plans it.
 `add_initializer` refuses a buffer ORT owns itself (`ortvalue_from_numpy(..., "cuda")` copies into one; seen on an
 H200 with ORT 1.31.1), so a CUDA weight is handed over as a DLPack tensor over the store's memory (ORT only views
-it; the deleter does nothing); on the CPU the OrtValue views the memory-mapped file. `TRT_DISTRI_SHARE_WEIGHTS=0`
-turns sharing off (each session loads its own copy, as before).
+it; the deleter does nothing); on the CPU the OrtValue views a private copy-on-write mapping of the file (pages
+are copied only when written). `TRT_DISTRI_SHARE_WEIGHTS=0` turns sharing off (each session loads its own copy,
+as before).
+
+The store's memory is the weights every session reads, so `write` changes them in place for all of them (LoRA
+adapters, engines/lora_apply.py); `base` reads the file's original bytes, which stay on the host.
 
 The build records which external weights an engine reads (`engine_weights`, into the engine's metadata), so loading
 needs neither onnx nor the graph to know what to hand each session. This module imports only numpy; ONNX Runtime
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trt_distri.cudart import check as cuda_check, runtime as cuda_runtime
-from trt_distri.errors import CorruptEngineError
+from trt_distri.errors import CorruptEngineError, InternalError
 
 SHARE_ENV = "TRT_DISTRI_SHARE_WEIGHTS"
 
@@ -76,6 +80,7 @@ class SharedWeights:
     def __init__(self, ort: Any, path: Path, device: int | None) -> None:
         self.ort, self.path, self.device = ort, Path(path), device
         self._file = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._host = np.memmap(self.path, dtype=np.uint8, mode="c") if device is None else None
         self._values: dict[str, Any] = {}
         self._keep: list[Any] = []  # DLPack structures ORT's tensors point into
         self._lock = threading.Lock()
@@ -95,11 +100,31 @@ class SharedWeights:
                                      f"{ref.offset + ref.length} bytes, got {self._file.size}. Fix: export the work "
                                      "directory again")
         if self.device is None:
-            array = self._file[ref.offset:ref.offset + ref.length].view(ref.dtype).reshape(ref.shape)
+            array = self._host[ref.offset:ref.offset + ref.length].view(ref.dtype).reshape(ref.shape)
             return self.ort.OrtValue.ortvalue_from_numpy(array)
         capsule, keep = _dlpack_capsule(self._block.ptr + ref.offset, self.device, ref.dtype, ref.shape)
         self._keep.append(keep)
         return self.ort.OrtValue.from_dlpack(capsule)
+
+    def base(self, ref: WeightRef) -> np.ndarray:
+        """The weight's original value, read from the file (read-only)."""
+        return self._file[ref.offset:ref.offset + ref.length].view(ref.dtype).reshape(ref.shape)
+
+    def write(self, ref: WeightRef, array: np.ndarray, stream: int | None = None) -> None:
+        """Overwrite the weight that every session reads (on CUDA: a copy enqueued on `stream`; call `flush`
+        before the host array is dropped or changed)."""
+        data = np.ascontiguousarray(array, dtype=ref.dtype).reshape(-1).view(np.uint8)
+        if data.size != ref.length:
+            raise InternalError(f"weight {ref.name!r} takes {ref.length} bytes. Note: got {data.size}")
+        if self._block is None:
+            self._host[ref.offset:ref.offset + ref.length] = data
+        else:
+            self._block.upload(ref.offset, data, stream)
+
+    def flush(self, stream: int | None = None) -> None:
+        """Wait for the copies `write` enqueued on `stream`."""
+        if self._block is not None:
+            self._block.sync(stream)
 
     def count(self) -> int:
         return len(self._values)
@@ -117,7 +142,7 @@ class _DeviceBlock:
     """The whole weights file in one device allocation (cuda-python's runtime), freed by `free` or at exit."""
 
     def __init__(self, device: int, data: np.ndarray) -> None:
-        self.rt, self.ptr = cuda_runtime("sharing ONNX Runtime weights on a GPU"), 0
+        self.rt, self.ptr, self._pending = cuda_runtime("sharing ONNX Runtime weights on a GPU"), 0, []
         self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
         self.ptr = int(self._check(self.rt.cudaMalloc(max(data.size, 256)), f"cudaMalloc({data.size} bytes)"))
         step = 1 << 28
@@ -125,6 +150,16 @@ class _DeviceBlock:
             chunk = np.ascontiguousarray(data[start:start + step])
             self._check(self.rt.cudaMemcpy(self.ptr + start, chunk.ctypes.data, chunk.nbytes,
                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy weights")
+
+    def upload(self, offset: int, data: np.ndarray, stream: int | None) -> None:
+        self._pending.append(data)  # the copy reads it until `sync`
+        self._check(self.rt.cudaMemcpyAsync(self.ptr + offset, data.ctypes.data, data.nbytes,
+                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream or 0),
+                    "cudaMemcpyAsync into the shared weights")
+
+    def sync(self, stream: int | None) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream or 0), "cudaStreamSynchronize after writing weights")
+        self._pending.clear()
 
     @staticmethod
     def _check(result, what: str):

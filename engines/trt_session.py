@@ -77,7 +77,7 @@ class TensorRTSession(Session):
                  cuda_graph: bool = False, keep: tuple = ()) -> None:
         io = engine_io(trt, engine)
         super().__init__([t for t in io if t.is_input], [t for t in io if not t.is_input])
-        self.rt, self.device, self.memory = rt, device, memory
+        self.rt, self.device, self.memory, self.trt, self.engine = rt, device, memory, trt, engine
         self._keep = (engine, *keep)  # the context needs its engine (and runtime) alive
         if memory is None:
             self.context = engine.create_execution_context()
@@ -92,6 +92,12 @@ class TensorRTSession(Session):
         self._generation: int | None = None
         self._graph = CudaGraph(rt) if cuda_graph else None
         self._runs = 0
+
+    def refitter(self):
+        """An `engines.trt_refit.EngineRefitter` over this engine (LoRA weights; needs a refittable build)."""
+        from trt_distri.engines.trt_refit import EngineRefitter
+
+        return EngineRefitter(self.trt, self.engine)
 
     # ---- bindings ------------------------------------------------------------------------------------------
     def _bind_impl(self, name: str, device_ptr: int) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trt_distri.engines.backend import get_backend
+from trt_distri.errors import ConfigError
 from trt_distri.manifest import Manifest, Segment, TensorSpec, nbytes
 from trt_distri.runtime.comm import Communicator
 from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
@@ -110,10 +111,21 @@ class RankExecutor:
         self.memory["sessions"] = device.memory_used() - self.memory["context"] - self.memory["buffers"]
         store = getattr(open_session, "weights", None)  # the rank's one copy of the weights, where shared
         self.memory["weights"] = store.bytes if store is not None else None
+        self._make_patcher, self._patcher = getattr(open_session, "patcher", None), None
         self.exchanged: dict[tuple[str, int], object] = {}
         self.times = StepTimes()
         self._events: list[tuple[bool, object, object]] = []
         self._latent_bytes = nbytes(self._step_input("latents").shape, "float32")
+
+    def set_adapters(self, adapters) -> dict:
+        """Apply exactly these (adapter, scale) pairs to this rank's weights in place ([]: the base weights);
+        between generations only. Returns what was written (engines.lora_apply.WeightPatcher.set)."""
+        if self._patcher is None:
+            if self._make_patcher is None:
+                raise ConfigError("this rank's sessions cannot take LoRA adapters. Note: expected sessions opened "
+                                  "by runtime.sessions.session_opener. Fix: load the work directory with it")
+            self._patcher = self._make_patcher(list(self.sessions.values()), self.compute)
+        return self._patcher.set(adapters)
 
     def _step_input(self, name: str) -> TensorSpec:
         return self.m.step.input(name)

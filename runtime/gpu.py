@@ -40,6 +40,13 @@ class Request:
     variants: list[Variant] | None = None
 
 
+@dataclass(frozen=True)
+class AdapterRequest:
+    """Apply exactly these LoRA (adapter, scale) pairs to the loaded weights (empty: the base weights)."""
+
+    adapters: tuple = ()
+
+
 class RankServer:
     """One rank with its sessions loaded and its communicators joined, serving generation requests. The device,
     the communicator and the session opener come from three methods (the host stand-ins of the tests replace
@@ -68,7 +75,12 @@ class RankServer:
     def session_opener(self, manifest: Manifest, backend: str, index: int, cuda_graph: bool):
         return session_opener(manifest, backend, index, cuda_graph=cuda_graph)
 
-    def __call__(self, request: Request) -> dict:
+    def __call__(self, request: Request | AdapterRequest) -> dict:
+        if isinstance(request, AdapterRequest):
+            start = time.perf_counter()
+            written = self.executor.set_adapters(list(request.adapters))
+            return {**written, "seconds": round(time.perf_counter() - start, 3),
+                    "device_bytes_used": self.device.memory_used(), "gpu": self.device.index}
         opt, ex = request.options, self.executor
         ex.opt.guidance_scale = request.inputs.guidance_scale
         latents, cond = rank_inputs(request.inputs, self.manifest, self.world_rank)
@@ -126,6 +138,10 @@ class GpuRankPool:
         reports = self.pool.call(request, timeout_s)
         return reports[0]["latents"], reports
 
+    def set_adapters(self, adapters, timeout_s: float = 600.0) -> list[dict]:
+        """Apply LoRA (adapter, scale) pairs on every rank between generations; each rank's report."""
+        return self.pool.call(AdapterRequest(tuple(adapters)), timeout_s)
+
     @property
     def open(self) -> bool:
         return self.pool.open
@@ -136,11 +152,13 @@ class GpuRankPool:
 
 def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, gpus: list[int],
              backend: str = DEFAULT_BACKEND, repeats: int = 1, timeout_s: float = 3600.0,
-             variants: list[Variant] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Load `workdir` on `gpus`, generate once (`repeats` times per variant), and stop the processes again; see
-    GpuRankPool. `options.cuda_graph`: see executor.uses_cuda_graph."""
+             variants: list[Variant] | None = None, adapters=()) -> tuple[np.ndarray, list[dict]]:
+    """Load `workdir` on `gpus`, apply LoRA `adapters` ((adapter, scale) pairs), generate once (`repeats` times per
+    variant), and stop the processes again; see GpuRankPool. `options.cuda_graph`: see executor.uses_cuda_graph."""
     ranks = GpuRankPool(workdir, gpus, backend, options.cuda_graph, reused=repeats > 1, load_timeout_s=timeout_s)
     try:
+        if adapters:
+            ranks.set_adapters(adapters, timeout_s)
         return ranks.generate(inputs, options, repeats, variants, timeout_s)
     finally:
         ranks.close()
@@ -148,7 +166,7 @@ def run_gpus(workdir: str | Path, inputs: GenerationInputs, options: RunOptions,
 
 def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, rendezvous: Path,
                       backend: str = DEFAULT_BACKEND, world_rank: int | None = None,
-                      gpu: int | None = None) -> tuple[np.ndarray | None, dict]:
+                      gpu: int | None = None, adapters=()) -> tuple[np.ndarray | None, dict]:
     """This process is one rank of a multi-process launch; NCCL ids meet in the `rendezvous` directory.
     The rank and GPU come from torchrun/srun/mpirun's environment unless given."""
     from trt_distri.runtime.launch import launcher_env, rendezvous_ids
@@ -162,8 +180,12 @@ def run_launched_rank(workdir: str | Path, inputs: GenerationInputs, options: Ru
     server = RankServer(WorkerSpec(world_rank, gpu, {"workdir": str(workdir), "backend": backend, "ids": ids,
                                                      "cuda_graph": uses_cuda_graph(options.cuda_graph, backend,
                                                                                    reused=False)}))
-    report = server(Request(inputs, replace(options, on_step=None)))
-    server.close()
+    try:
+        if adapters:
+            server(AdapterRequest(tuple(adapters)))
+        report = server(Request(inputs, replace(options, on_step=None)))
+    finally:
+        server.close()
     return report["latents"], report
 
 
@@ -177,6 +199,7 @@ class GpuRanks:
         self.manifest, self.backend, self.rank = manifest, backend, rank
         self.topo = Topology.from_manifest(manifest)
         self.generations, self.aux_device, self.cuda_graph, self.pool = 0, 0, cuda_graph, None
+        self.adapters: tuple = ()  # LoRA (adapter, scale) pairs in force; re-applied when the ranks load again
         if rank is None:
             self.pool = self._load()
             return
@@ -194,12 +217,22 @@ class GpuRanks:
         if self.rank is None:
             if self.pool is None or not self.pool.open:
                 self.pool = self._load()
+                if self.adapters:
+                    self.pool.set_adapters(self.adapters)
             return self.pool.generate(inputs, options)[0]
         directory = self.rendezvous / f"generation-{self.generations}"  # every rank counts the same generations
         self.generations += 1
         directory.mkdir(parents=True, exist_ok=True)
         return run_launched_rank(self.manifest.root, inputs, options, directory, self.backend, world_rank=self.rank,
-                                 gpu=self.aux_device)[0]
+                                 gpu=self.aux_device, adapters=self.adapters)[0]
+
+    def set_adapters(self, adapters) -> None:
+        """Apply LoRA (adapter, scale) pairs: now on loaded rank processes, else from the next generation on."""
+        adapters = tuple(adapters)
+        if self.rank is None and self.pool is not None and self.pool.open:
+            self.adapters = ()  # a failure stops the processes; they load again with the base weights
+            self.pool.set_adapters(adapters)
+        self.adapters = adapters
 
     def _load(self) -> GpuRankPool:
         return GpuRankPool(self.manifest.root, list(range(self.topo.world)), self.backend, self.cuda_graph)

@@ -56,6 +56,10 @@ class LocalRanks:
 
         return on_every_rank(self.topo.world, rank_main, self.group)[0]
 
+    def set_adapters(self, adapters) -> None:
+        """Apply exactly these (adapter, scale) pairs on every rank ([]: the base weights)."""
+        on_every_rank(self.topo.world, lambda w: self.executors[w].set_adapters(adapters), self.group)
+
     @property
     def times(self) -> list[dict]:
         return [ex.times.summary() for ex in self.executors]
@@ -71,10 +75,13 @@ class LocalRanks:
 
 
 def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, backend: str = DEFAULT_BACKEND,
-              timeout_s: float = 600.0) -> tuple[np.ndarray, list[dict]]:
-    """Generate once on the CPU; returns the final latents (1, C, H, W) and each rank's step-time summary."""
+              timeout_s: float = 600.0, adapters=()) -> tuple[np.ndarray, list[dict]]:
+    """Generate once on the CPU (with LoRA `adapters`: (adapter, scale) pairs); returns the final latents
+    (1, C, H, W) and each rank's step-time summary."""
     ranks = LocalRanks(Manifest.load(workdir), backend, timeout_s)
     try:
+        if adapters:
+            ranks.set_adapters(adapters)
         return ranks.run(inputs, options), ranks.times
     finally:
         ranks.close()

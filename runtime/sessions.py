@@ -2,7 +2,8 @@
 
 Engines come from the engine cache (`trt-distri build`) when it holds this backend's; a backend that `runs_onnx`
 can also run the exported graphs as they are. The scheduler's step graph is tiny and always run from its ONNX
-file, by the backend itself where it `runs_onnx`, else by `engines.backend.onnx_runner()`.
+file, by the backend itself where it `runs_onnx`, else by `engines.backend.onnx_runner()`. The opener also makes
+the rank's LoRA patcher (`open_session.patcher(sessions, stream)`), which writes the engines' weights in place.
 """
 from __future__ import annotations
 
@@ -40,7 +41,14 @@ def session_opener(manifest: Manifest, backend_name: str, device_index: int | No
                                 f"{manifest.root} --backend {backend_name}` first")
         return HostBoundSession(session, host) if device_index is None else session
 
-    open_session.weights = weights
+    def patcher(sessions, stream: int):
+        """The rank's LoRA state over its loaded `sessions` (engines.lora_apply), written on `stream`."""
+        from trt_distri.engines.lora_apply import make_patcher
+
+        return make_patcher(manifest, backend, cache if built else None, weights, sessions, device_index,
+                            stream if device_index is not None else None)
+
+    open_session.weights, open_session.patcher = weights, patcher
     return open_session
 
 

@@ -105,6 +105,7 @@ class Generator:
         self.info = WorkdirInfo.from_manifest(self.manifest)
         self._check_world(world)
         self._lock = threading.Lock()
+        self.loras: list[tuple[Path, float]] = []  # the LoRA files in force (set_loras)
         if self.device == "cpu":
             if rank not in (None, 0):
                 raise InvalidArgumentError(f"on the CPU every rank is a thread of this process. Note: expected "
@@ -237,6 +238,24 @@ class Generator:
         except ConfigError as exc:
             raise InvalidArgumentError(str(exc)) from None
 
+    # ---- LoRA adapters -------------------------------------------------------------------------------------------
+    def set_loras(self, loras) -> None:
+        """Apply exactly these LoRA files to the UNet of every rank, in place, until the next call: `loras` is a
+        sequence of (path, scale) pairs (docs/lora.md: formats, W = W0 + sum(scale * update)); [] restores the
+        base weights. A bad file leaves the weights as they were."""
+        from trt_distri.engines.lora_apply import load_adapters
+
+        pairs = _lora_pairs(loras)
+        with self._lock:
+            self._check_open()
+            adapters = load_adapters(self.manifest, self.backend, pairs)
+            self._ranks.set_adapters(adapters)
+            self.loras = pairs
+
+    def clear_loras(self) -> None:
+        """The base weights again, bit for bit."""
+        self.set_loras([])
+
     # ---- lifetime --------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Release every session and buffer (idempotent); later calls raise ClosedError."""
@@ -275,6 +294,19 @@ def _array(name: str, value, shape: tuple[int, ...], batch: bool = True) -> np.n
     if not np.isfinite(arr).all():
         raise InvalidArgumentError(f"{name} holds NaN or infinity. Note: expected finite values")
     return np.ascontiguousarray(arr)
+
+
+def _lora_pairs(loras) -> list[tuple[Path, float]]:
+    """[(path, scale), ...] checked: a path-like and a finite number each."""
+    try:
+        pairs = [(Path(path), float(scale)) for path, scale in loras]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"invalid loras {loras!r}. Note: expected a list of (path, scale) pairs, such as "
+                                   "[('style.safetensors', 0.8)]") from None
+    bad = next((p for p in pairs if not math.isfinite(p[1])), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"invalid LoRA scale for {bad[0]}. Note: expected a finite number, got {bad[1]}")
+    return pairs
 
 
 def _pick_device(device: str | None) -> str:

@@ -49,6 +49,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="on GPUs with ONNX Runtime, replay the UNet as CUDA graphs (default: with --repeat 2 or more; "
                         "capture costs about 2 s of the first image, every later step gains)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA (.safetensors, diffusers/PEFT or kohya) to the UNet with this scale (default 1);"
+                        " repeatable: the updates add up (docs/lora.md)")
     p.add_argument("--repeat", type=int, default=1, help="generate this many times (timings of each are reported)")
     p.add_argument("--launcher", choices=["local", "env"], default="local",
                    help="env: this process is one rank of torchrun/srun/mpirun (needs --rendezvous)")
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -> int:
+    from trt_distri.lora import parse_lora_arg
     from trt_distri.pipeline import generate_image
     from trt_distri.progress import ProgressBar
 
@@ -87,7 +91,8 @@ def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -
         workdir = embedded_workdir(len(target.gpus) if target.gpus else 1)
     result = generate_image(workdir, args.prompt, args.negative_prompt, args.steps, args.guidance, args.seed,
                             args.scheduler, args.warmup_steps, output_type="latent" if latent_out else "pil",
-                            progress=ProgressBar(), height=args.height, width=args.width, target=target)
+                            progress=ProgressBar(), height=args.height, width=args.width, target=target,
+                            loras=[parse_lora_arg(text) for text in args.lora])
     if result.latents is None:  # a rank other than 0 of an external launcher
         return 0
     if latent_out:
@@ -109,7 +114,12 @@ def _run_random(args: argparse.Namespace, out: Path, target) -> int:
     check_workdir(manifest, args.workdir, args.height, args.width)
     inputs = random_inputs(manifest, args.steps, args.scheduler, args.guidance, args.seed)
     start = time.perf_counter()
-    latents, reports = denoise(args.workdir, manifest, inputs, args.warmup_steps, target, args.no_comm)
+    from trt_distri.engines.lora_apply import load_adapters
+    from trt_distri.lora import parse_lora_arg
+
+    adapters = load_adapters(manifest, args.backend, [parse_lora_arg(text) for text in args.lora])
+    latents, reports = denoise(args.workdir, manifest, inputs, args.warmup_steps, target, args.no_comm,
+                               adapters=adapters)
     seconds = time.perf_counter() - start
     if latents is not None:
         _save_atomic(out, lambda f: np.save(f, latents))

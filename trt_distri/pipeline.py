@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,10 +169,11 @@ def _stop(ranks: Future | None) -> None:
 
 
 def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target: Target, no_comm: bool = False,
-            on_step=None, ranks: Future | None = None):
-    """Run the UNet loop on `target`; returns (latents or None on ranks other than 0, per-rank reports).
-    `on_step(done, total)` follows the steps on the CPU; GPU workers report once, at the end. `ranks`: GPU rank
-    processes already started (start_gpu_ranks), used for this one call; the caller stops them."""
+            on_step=None, ranks: Future | None = None, adapters=()):
+    """Run the UNet loop on `target` with LoRA `adapters` ((adapter, scale) pairs, engines.lora_apply); returns
+    (latents or None on ranks other than 0, per-rank reports). `on_step(done, total)` follows the steps on the
+    CPU; GPU workers report once, at the end. `ranks`: GPU rank processes already started (start_gpu_ranks), used
+    for this one call; the caller stops them."""
     from trt_distri.runtime.executor import RunOptions
     from trt_distri.runtime.generation import Topology
 
@@ -185,21 +186,25 @@ def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target
             raise ConfigError(f"the work directory is exported for {world} rank(s). Note: expected {world} "
                               f"indices in --gpus, got {len(target.gpus)}. Fix: drop --gpus, or export again "
                               f"with --gpus {len(target.gpus)}")
-        latents, times = run_local(workdir, inputs, options, backend=target.backend)
+        latents, times = run_local(workdir, inputs, options, backend=target.backend, adapters=adapters)
         return latents, [{"runs": [t]} for t in times]
     if target.launcher == "env":
         from trt_distri.runtime.gpu import run_launched_rank
 
         if target.rendezvous is None:
             raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
-        latents, report = run_launched_rank(workdir, inputs, options, target.rendezvous, target.backend)
+        latents, report = run_launched_rank(workdir, inputs, options, target.rendezvous, target.backend,
+                                            adapters=adapters)
         return latents, [report]
     if ranks is not None:
-        return ranks.result().generate(inputs, options, target.repeats)
+        pool = ranks.result()
+        if adapters:
+            pool.set_adapters(adapters)
+        return pool.generate(inputs, options, target.repeats)
     from trt_distri.runtime.gpu import run_gpus
 
     gpus = list(target.gpus) if target.gpus else list(range(world))
-    return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats)
+    return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats, adapters=adapters)
 
 
 class VaeDecoder:
@@ -253,15 +258,20 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
                    device: str | None = None, gpus: str | None = None, output_type: str = "pil",
                    backend: str = DEFAULT_BACKEND, progress: Progress | None = None, height: int | None = None,
                    width: int | None = None, target: Target | None = None,
-                   latents: np.ndarray | None = None) -> ImageResult:
+                   latents: np.ndarray | None = None,
+                   loras: Sequence[tuple[str | Path, float]] = ()) -> ImageResult:
     """Generate one image for `prompt` with an exported work directory (see the module docstring); `latents`
-    (1, C, h, w), as diffusers' `latents=`, replace the seeded noise."""
+    (1, C, h, w), as diffusers' `latents=`, replace the seeded noise; the LoRA files `loras` ((path, scale) pairs,
+    docs/lora.md) are applied to the UNet."""
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"unknown output type {output_type!r}. Note: expected one of {', '.join(OUTPUT_TYPES)}")
     workdir = Path(workdir)
     manifest = load_manifest(workdir)
     check_workdir(manifest, workdir, height, width, guidance)
     target = target or make_target(device, gpus, backend)
+    from trt_distri.engines.lora_apply import load_adapters
+
+    adapters = load_adapters(manifest, target.backend, loras)  # before anything loads: a bad file fails fast
     report = progress or (lambda stage, done, total: None)
     stages: dict[str, float] = {}
     start = time.perf_counter()
@@ -274,7 +284,8 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
         report("encode", 1, 1)
         report("denoise", 0, steps)
         latents, reports = denoise(workdir, manifest, inputs, warmup_steps, target,
-                                   on_step=lambda done, total: report("denoise", done, total), ranks=ranks)
+                                   on_step=lambda done, total: report("denoise", done, total), ranks=ranks,
+                                   adapters=adapters)
     finally:
         _stop(ranks)
     stages["denoise"] = _lap(start, stages)

@@ -1,0 +1,179 @@
+"""LoRA adapters applied to one rank's loaded engines in place, and taken off again bit for bit (numpy only).
+
+For every weight an adapter touches, `WeightPatcher.set` computes W = base + sum(scale_i * delta_i) in float32
+from the weight's original bytes (read from weights.bin on the host, never from what was written before), casts
+it to the stored dtype and hands it to the rank's target:
+- `StoreTarget`: the rank's shared weight store (ONNX Runtime, engines/ort_weights.py), which every session of
+  both graph sets reads in place: a host write on the CPU, a copy on the compute stream on CUDA. Called between
+  generations, so no running graph sees a half-written weight.
+- `RefitTarget`: refittable engines (TensorRT), each refitted with the weights it holds (`IRefitter`, through the
+  session's `refitter()`, engines/trt_refit.py).
+Weights a previous `set` changed and the new one does not are written back from the base; `clear` writes every
+changed weight back. The weights' names, offsets and shapes come from the engines' metadata (ONNX Runtime) or from
+the exported graphs (engines that hold their own weights).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from trt_distri.engines.ort_weights import WeightRef
+from trt_distri.errors import ConfigError, ManifestError
+from trt_distri.lora import Adapter
+
+#: (adapter, scale) pairs: W = base + sum(scale * adapter's update)
+Adapters = Sequence[tuple[Adapter, float]]
+_THREADS = 8
+
+
+class LoraUnsupportedError(ConfigError):
+    """These loaded engines cannot take LoRA weights in place."""
+
+
+def weight_index(manifest, cache, arch: str) -> dict[str, WeightRef]:
+    """Every external weight of the work directory's UNet: from the engines' metadata, else from the graphs."""
+    refs: dict[str, WeightRef] = {}
+    for segment in manifest.unet_segments():
+        meta_path = cache.meta_path(cache.path(segment, arch))
+        rows = json.loads(meta_path.read_text()).get("weights", []) if meta_path.is_file() else []
+        refs.update((ref.name, ref) for ref in map(WeightRef.from_json, rows))
+    return refs or graph_weights(manifest)
+
+
+def workdir_weight_shapes(manifest, backend_name: str) -> dict[str, tuple[int, ...]]:
+    """name -> stored shape of every UNet weight, from any built engine's metadata of `backend_name` (else the
+    graphs): what a LoRA file is converted against before it goes to the ranks."""
+    refs: dict[str, WeightRef] = {}
+    for meta_path in sorted((Path(manifest.root) / "engines" / backend_name).glob("*.json")):
+        rows = json.loads(meta_path.read_text()).get("weights", [])
+        refs.update((ref.name, ref) for ref in map(WeightRef.from_json, rows))
+    return {name: ref.shape for name, ref in (refs or graph_weights(manifest)).items()}
+
+
+def load_adapters(manifest, backend_name: str, loras: Sequence[tuple[str | Path, float]]) -> list[tuple[Adapter, float]]:
+    """(path, scale) pairs -> (Adapter, scale) pairs converted for this work directory (LoraError on a bad file)."""
+    from trt_distri.lora import load_adapter
+
+    if not loras:
+        return []
+    shapes = workdir_weight_shapes(manifest, backend_name)
+    return [(load_adapter(path, shapes), float(scale)) for path, scale in loras]
+
+
+def graph_weights(manifest) -> dict[str, WeightRef]:
+    """The external weights the exported UNet graphs read (needs the onnx package)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise LoraUnsupportedError("finding the weights of engines that hold their own needs the onnx package. "
+                                   "Fix: pip install onnx") from exc
+    from trt_distri.engines.ort_weights import engine_weights
+
+    refs: dict[str, WeightRef] = {}
+    for segment in manifest.unet_segments():
+        model = onnx.load(str(manifest.graph_path(segment)), load_external_data=False)
+        refs.update((ref.name, ref) for ref in engine_weights(model))
+    return refs
+
+
+class StoreTarget:
+    """A shared weight store (engines/ort_weights.SharedWeights) written on `stream` (None: the CPU)."""
+
+    def __init__(self, store, stream: int | None) -> None:
+        self.store, self.stream = store, stream
+
+    def write(self, updates: Mapping[str, tuple[WeightRef, np.ndarray]], current: Callable) -> None:
+        for ref, array in updates.values():
+            self.store.write(ref, array, self.stream)
+        self.store.flush(self.stream)
+
+
+class RefitTarget:
+    """Refittable engines: `refitters` expose weight_names(), refit(values, current, stream)."""
+
+    def __init__(self, refitters: list, stream: int | None) -> None:
+        self.refitters, self.stream = refitters, stream
+
+    def write(self, updates: Mapping[str, tuple[WeightRef, np.ndarray]], current: Callable) -> None:
+        held = set().union(*(r.weight_names() for r in self.refitters)) if self.refitters else set()
+        missing = [name for name in updates if name not in held]
+        if missing:
+            raise LoraUnsupportedError(f"no loaded engine can refit the weight {missing[0]!r} ({len(missing)} of "
+                                       f"{len(updates)} weights). Note: expected engines built refittable. Fix: "
+                                       "trt-distri build WORKDIR --backend trt --refittable")
+        values = {name: array for name, (_, array) in updates.items()}
+        for refitter in self.refitters:
+            refitter.refit(values, current, self.stream)
+
+
+class WeightPatcher:
+    """One rank's LoRA state: which weights differ from the base, and the target that holds them."""
+
+    def __init__(self, index: Mapping[str, WeightRef], base: Callable[[WeightRef], np.ndarray], target) -> None:
+        self.index, self.base, self.target = index, base, target
+        self.adapters: list[tuple[Adapter, float]] = []
+        self.changed: set[str] = set()
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: ref.shape for name, ref in self.index.items()}
+
+    def set(self, adapters: Adapters) -> dict:
+        """Apply exactly `adapters` (replacing earlier ones); returns {"written": weights, "bytes": bytes}."""
+        adapters = [(a, float(s)) for a, s in adapters]
+        for adapter, _ in adapters:
+            unknown = next((n for n in adapter.layers if n not in self.index), None)
+            if unknown is not None:
+                raise ManifestError(f"{adapter.path} updates {unknown!r}, which no engine of this rank reads. Fix: "
+                                    "load the adapter for this work directory")
+        touched = {name for adapter, _ in adapters for name in adapter.layers}
+        names = sorted(touched | self.changed)
+        values = self._values(names, adapters)
+        self.changed |= touched  # a failed write leaves them for the next set or clear to restore
+        self.target.write({n: (self.index[n], values[n]) for n in names}, lambda n: self.value(n, adapters))
+        self.adapters, self.changed = adapters, touched
+        return {"written": len(names), "bytes": sum(self.index[n].length for n in names)}
+
+    def clear(self) -> dict:
+        return self.set([])
+
+    def value(self, name: str, adapters: Adapters) -> np.ndarray:
+        """W = base + sum(scale * delta), in the stored dtype (the base itself, bit for bit, without updates)."""
+        ref = self.index[name]
+        base = self.base(ref)
+        parts = [(a.layers[name], s) for a, s in adapters if name in a.layers and s != 0.0]
+        if not parts:
+            return np.array(base)
+        total = base.astype(np.float32)
+        for low_rank, scale in parts:
+            total += np.float32(scale) * low_rank.delta(ref.shape)
+        return total.astype(ref.dtype)
+
+    def _values(self, names: Iterable[str], adapters: Adapters) -> dict[str, np.ndarray]:
+        names = list(names)
+        with ThreadPoolExecutor(min(_THREADS, max(1, len(names)))) as pool:  # numpy releases the GIL
+            return dict(zip(names, pool.map(lambda n: self.value(n, adapters), names)))
+
+
+def make_patcher(manifest, backend, cache, store, sessions: Iterable, device: int | None,
+                 stream: int | None) -> WeightPatcher:
+    """The patcher of one rank: its shared store where it has one, else its refittable engines."""
+    if cache is None or not cache.root.is_dir():
+        raise LoraUnsupportedError(f"LoRA adapters are applied to built engines; {manifest.root} has none for "
+                                   f"backend {backend.name}. Fix: trt-distri build {manifest.root} --backend "
+                                   f"{backend.name}")
+    index = weight_index(manifest, cache, backend.device_arch(device))
+    if store is not None:
+        return WeightPatcher(index, store.base, StoreTarget(store, stream))
+    refitters = [s.refitter() for s in sessions if callable(getattr(s, "refitter", None))]
+    if not refitters:
+        raise LoraUnsupportedError(f"the {backend.name} engines of this rank neither share a weight store nor refit. "
+                                   "Note: ONNX Runtime applies LoRA through its shared weights, TensorRT through "
+                                   "refittable engines. Fix: unset TRT_DISTRI_SHARE_WEIGHTS=0 (ONNX Runtime), or "
+                                   "build with --refittable (TensorRT)")
+    file = np.memmap(Path(manifest.root) / manifest.weights.file, dtype=np.uint8, mode="r")
+    return WeightPatcher(index, lambda ref: file[ref.offset:ref.offset + ref.length].view(ref.dtype)
+                         .reshape(ref.shape), RefitTarget(refitters, stream))
