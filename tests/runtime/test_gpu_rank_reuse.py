@@ -117,3 +117,44 @@ def test_a_fresh_image_starts_its_ranks_before_encoding(monkeypatch, tmp_path):
     assert latents == "latents 1" and set(order[:2]) == {"ranks start", "encode"} and order[-1] == "denoise"
     assert pools[0].gpus == [0, 1] and not pools[0].open
     assert pipeline.start_gpu_ranks(manifest, pipeline.Target("cpu")) is None
+
+
+def test_loaded_rank_processes_switch_lora_adapters(request, tmp_path, monkeypatch):
+    """LoRA through RankPool requests (runtime.gpu.AdapterRequest): a loaded rank process applies an adapter
+    between generations, reports what it wrote, and gives the base latents bit for bit after clearing; the same
+    adapter on the CPU ranks gives the same latents."""
+    import numpy as np
+    from host_ranks import FakeNccl, HostRankPool
+    from test_local_runtime import WARMUP, _export, _inputs
+
+    import trt_distri.runtime.gpu as gpu
+    from trt_distri.engines.build import build_workdir
+    from trt_distri.engines.lora_apply import workdir_weight_shapes
+    from trt_distri.lora import Adapter, LowRank
+    from trt_distri.manifest import Manifest
+    from trt_distri.runtime.local import run_local
+
+    monkeypatch.setattr(gpu, "NcclLibrary", FakeNccl)
+    unet = request.getfixturevalue("tiny_sdxl")
+    workdir = _export(unet, "tiny-sdxl", tmp_path, 1)
+    build_workdir(workdir, "ort")
+    _, _, inputs = _inputs(unet, "tiny-sdxl")
+    rng = np.random.default_rng(0)
+    shapes = {n: s for n, s in workdir_weight_shapes(Manifest.load(workdir), "ort").items() if "attn1.to_q" in n}
+    adapter = Adapter(tmp_path / "x", {n: LowRank(rng.standard_normal((2, s[0])).astype(np.float32),
+                                                  rng.standard_normal((s[1], 2)).astype(np.float32), 0.5)
+                                       for n, s in shapes.items()}, "peft")
+    options = RunOptions(warmup_steps=WARMUP)
+    on_cpu, _ = run_local(workdir, inputs, options, adapters=[(adapter, 1.0)])
+    ranks = HostRankPool(workdir, [0], cuda_graph=None, reused=True)
+    try:
+        base, _ = ranks.generate(inputs, options)
+        reports = ranks.set_adapters([(adapter, 1.0)])
+        with_lora, _ = ranks.generate(inputs, options)
+        ranks.set_adapters([])
+        cleared, _ = ranks.generate(inputs, options)
+    finally:
+        ranks.close()
+    assert reports[0]["written"] == len(shapes) > 0 and reports[0]["seconds"] >= 0
+    assert not np.array_equal(with_lora, base) and np.array_equal(with_lora, on_cpu)
+    assert np.array_equal(cleared, base)
