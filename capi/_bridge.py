@@ -60,6 +60,10 @@ def info(gen: Generator) -> tuple[int, ...]:
             int(i.guidance), i.world)
 
 
+def set_loras(gen: Generator, loras: list) -> None:
+    gen.set_loras(loras)
+
+
 def close(gen: Generator) -> None:
     gen.close()
 

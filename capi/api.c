@@ -84,6 +84,25 @@ trt_distri_status trt_distri_generator_get_info(trt_distri_generator *generator,
     return td_ok();
 }
 
+trt_distri_status trt_distri_generator_set_loras(trt_distri_generator *generator, const char *const *paths,
+                                                const float *scales, size_t count) {
+    if (count > 0 && paths == NULL) return null_argument(__func__, "paths");
+    if (count > 0 && scales == NULL) return null_argument(__func__, "scales");
+    for (size_t i = 0; i < count; i++)
+        if (paths[i] == NULL)
+            return td_fail(TRT_DISTRI_ERROR_INVALID_ARGUMENT, "%s: paths[%zu] is NULL. Note: expected %zu paths",
+                           __func__, i, count);
+    void *object = td_handle_acquire(generator, TD_GENERATOR);
+    if (object == NULL) return invalid_handle(__func__, generator, "generator");
+    trt_distri_status s = td_py_set_loras(object, paths, scales, count);
+    td_handle_release(generator);
+    return s == TRT_DISTRI_OK ? td_ok() : s;
+}
+
+trt_distri_status trt_distri_generator_clear_loras(trt_distri_generator *generator) {
+    return trt_distri_generator_set_loras(generator, NULL, NULL, 0);
+}
+
 /* Checks shared by both generate functions; on success *object is acquired (release it). */
 static trt_distri_status begin(const char *function, trt_distri_generator *generator,
                                const trt_distri_generate_params *params, trt_distri_result **out, void **object) {

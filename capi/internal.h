@@ -41,6 +41,7 @@ trt_distri_status td_result_free(void *result);
 trt_distri_status td_py_create(const char *workdir, const trt_distri_generator_options *options, void **generator);
 trt_distri_status td_py_close(void *generator); /* also drops the reference */
 trt_distri_status td_py_info(void *generator, int values[10]); /* trt_distri_generator_info's ints, in order */
+trt_distri_status td_py_set_loras(void *generator, const char *const *paths, const float *scales, size_t count);
 trt_distri_status td_py_generate(void *generator, const char *prompt, const char *negative_prompt,
                                  const trt_distri_generate_params *params, td_result **out);
 trt_distri_status td_py_generate_from_embeddings(void *generator, const trt_distri_embeddings *embeddings,

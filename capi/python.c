@@ -168,6 +168,21 @@ trt_distri_status td_py_info(void *generator, int v[10]) {
     return s;
 }
 
+trt_distri_status td_py_set_loras(void *generator, const char *const *paths, const float *scales, size_t count) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *loras = PyList_New((Py_ssize_t)count);
+    for (size_t i = 0; loras != NULL && i < count; i++) {
+        PyObject *pair = Py_BuildValue("(Nd)", path_or_none(paths[i]), (double)scales[i]);
+        if (pair == NULL) Py_CLEAR(loras);
+        else PyList_SET_ITEM(loras, (Py_ssize_t)i, pair);
+    }
+    PyObject *done = loras ? PyObject_CallMethod(bridge, "set_loras", "OO", (PyObject *)generator, loras) : NULL;
+    trt_distri_status s = done ? TRT_DISTRI_OK : from_exception();
+    Py_XDECREF(done), Py_XDECREF(loras);
+    PyGILState_Release(gil);
+    return s;
+}
+
 static PyObject *floats(const float *data, Py_ssize_t n);
 
 /* A read-only view of the caller's initial latents (the generator's latent size), or None. GIL held. */

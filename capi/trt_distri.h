@@ -173,6 +173,19 @@ TRT_DISTRI_API trt_distri_status trt_distri_generator_destroy(trt_distri_generat
 TRT_DISTRI_API trt_distri_status trt_distri_generator_get_info(trt_distri_generator *generator,
                                                                trt_distri_generator_info *info);
 
+/* LoRA adapters (docs/lora.md): apply exactly these `count` .safetensors files (diffusers/PEFT or kohya, UNet
+   layers only), paths[i] with scales[i], to the UNet of every rank, in place, until the next call; the weights
+   become W = W0 + sum(scales[i] * update_i). count 0 (paths and scales may then be NULL) restores the base
+   weights, as trt_distri_generator_clear_loras does. Needs built engines (`trt-distri build`). Blocks while
+   every rank writes its weights; waits for a generation in progress. A file that does not fit the work
+   directory returns TRT_DISTRI_ERROR_INVALID_ARGUMENT (or CONFIG) naming its first unmatched key, and the weights
+   stay as they were. paths and scales are only read during the call. */
+TRT_DISTRI_API trt_distri_status trt_distri_generator_set_loras(trt_distri_generator *generator,
+                                                                const char *const *paths, const float *scales,
+                                                                size_t count);
+/* The base weights again, bit for bit. */
+TRT_DISTRI_API trt_distri_status trt_distri_generator_clear_loras(trt_distri_generator *generator);
+
 /* Prompt -> image; needs a work directory with text encoders and a VAE (`trt-distri export` with a pipeline).
    negative_prompt may be NULL (""). */
 TRT_DISTRI_API trt_distri_status trt_distri_generate(trt_distri_generator *generator, const char *prompt,

@@ -139,3 +139,23 @@ def test_initial_latents_from_c_equal_the_seed_they_were_drawn_from(compile_c, u
     _run(compile_c(HERE / "latents_check.c"), unet_workdir(), *paths)
     for path in paths[1:]:
         assert np.array_equal(np.fromfile(path, np.float32).reshape(shape), expected), path.name
+
+
+def test_loras_through_the_c_api(compile_c, unet_workdir, tmp_path):
+    """trt_distri_generator_set_loras / _clear_loras: argument errors with a status and message, an adapter
+    changes the latents, clearing restores them bit for bit."""
+    from safetensors.numpy import save_file
+
+    from trt_distri.engines.lora_apply import workdir_weight_shapes
+    from trt_distri.manifest import Manifest
+
+    rng, tensors = np.random.default_rng(0), {}
+    for name, shape in workdir_weight_shapes(Manifest.load(unet_workdir()), "ort").items():
+        if name.endswith("attn1.to_q.weight"):
+            fan_in, fan_out = shape
+            tensors[f"unet.{name[:-7]}.lora_A.weight"] = rng.standard_normal((2, fan_in)).astype(np.float32)
+            tensors[f"unet.{name[:-7]}.lora_B.weight"] = rng.standard_normal((fan_out, 2)).astype(np.float32)
+    save_file(tensors, str(tmp_path / "lora.safetensors"))
+    proc = _run(compile_c(HERE / "capi_lora.c"), unet_workdir(), tmp_path / "lora.safetensors", check=False)
+    assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
+    assert "ok clear_restores_bit_for_bit" in proc.stdout
