@@ -52,7 +52,7 @@ def test_shared_weights_compute_what_own_copies_do(built):
     for name, value in own.run_host(feeds).items():
         # on the CPU, sessions over the shared store run without pre-packed weights and the NCHWc layout (both
         # copy weights, which LoRA writes would miss): other kernels, so the last bit of a sum may differ
-        np.testing.assert_allclose(shared.run_host(feeds)[name], value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(shared.run_host(feeds)[name], value, rtol=1e-3, atol=1e-4)  # fp16 graph
 
 
 def test_a_short_weights_file_is_named(built, tmp_path):
