@@ -37,7 +37,7 @@ def diffusers_lora_image(folder: Path, loras: list[tuple[Path, float]], steps: i
     """diffusers' pipeline with `loras` loaded, mixed with their scales and fused into the UNet."""
     import torch
 
-    from trt_distri.loop import make_scheduler
+    from oracles.diffusers_schedule import make_scheduler
     from trt_distri.pipeline_models import load_pipeline
 
     pipe = load_pipeline(folder)
