@@ -243,9 +243,16 @@ static trt_distri_status to_result(PyObject *t, td_result **out) {
     return TRT_DISTRI_OK;
 }
 
+/* A C string as str, undecodable bytes kept as lone surrogates (trt_distri.params refuses them with a message);
+   None for NULL. */
+static PyObject *text_or_none(const char *text) {
+    if (text == NULL) Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(text, (Py_ssize_t)strlen(text), "surrogateescape");
+}
+
 /* bridge.<method>(*args) -> td_result; steals `args`. */
 static trt_distri_status call_generate(const char *method, PyObject *args, td_result **out) {
-    PyObject *function = PyObject_GetAttrString(bridge, method);
+    PyObject *function = args ? PyObject_GetAttrString(bridge, method) : NULL;
     PyObject *t = args && function ? PyObject_CallObject(function, args) : NULL;
     trt_distri_status s = t ? to_result(t, out) : from_exception();
     Py_XDECREF(t), Py_XDECREF(function), Py_XDECREF(args);
@@ -255,8 +262,8 @@ static trt_distri_status call_generate(const char *method, PyObject *args, td_re
 trt_distri_status td_py_generate(void *generator, const char *prompt, const char *negative_prompt,
                                  const trt_distri_generate_params *params, td_result **out) {
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *args = Py_BuildValue("(OszN)", (PyObject *)generator, prompt, negative_prompt,
-                                   params_tuple((PyObject *)generator, params));
+    PyObject *args = Py_BuildValue("(ONNN)", (PyObject *)generator, text_or_none(prompt),
+                                   text_or_none(negative_prompt), params_tuple((PyObject *)generator, params));
     trt_distri_status s = call_generate("generate", args, out);
     PyGILState_Release(gil);
     return s;

@@ -25,7 +25,8 @@ import numpy as np
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "BackendBuildOptions", "BackendCapabilities", "LoadOptions",
-           "Session", "TensorInfo", "available_backends", "get_backend", "moved_tensor_error", "onnx_runner"]
+           "Session", "TensorInfo", "available_backends", "default_backend", "get_backend", "moved_tensor_error",
+           "onnx_runner"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,18 @@ BACKENDS: dict[str, str] = {
 }
 #: What `trt-distri run` and the API use unless told: the backend that runs exported graphs on CPUs and GPUs.
 DEFAULT_BACKEND = "ort"
+
+
+def default_backend(device: str | None = None) -> str:
+    """What `trt-distri build` and `run` use without --backend: TensorRT where the `tensorrt` package imports (and
+    the ranks run on GPUs), else DEFAULT_BACKEND. One rule, so that `build W && run W` uses the engines it built."""
+    if device == "cpu":
+        return DEFAULT_BACKEND
+    try:
+        importlib.import_module("tensorrt")
+    except Exception:  # noqa: BLE001 - absent, or a binding whose libraries fail to load: not usable here
+        return DEFAULT_BACKEND
+    return "trt"
 
 
 def get_backend(name: str) -> Backend:

@@ -8,11 +8,13 @@ build without a GPU and make portable engines (TensorRT-RTX, ONNX Runtime) build
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,10 @@ from trt_distri.engines.backend import Backend, BackendBuildOptions, get_backend
 from trt_distri.engines.cache import EngineCache, EngineKey, engine_key
 from trt_distri.engines.gpus import list_gpus
 from trt_distri.engines.io_check import check_io_against_manifest
-from trt_distri.errors import ConfigError
+from trt_distri.engines.weights import verify_weights
+from trt_distri.errors import ConfigError, ManifestError
 from trt_distri.manifest import GRAPH_SETS, Manifest, Segment
+from trt_distri.paths import remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +138,47 @@ def build_workdir(workdir: str | Path, backend_name: str, gpus: Sequence[int] | 
     """Build (or reuse) the engines of every segment of both graph sets into WORKDIR/engines/<backend>/."""
     start, report = time.perf_counter(), BuildReport()
     manifest, backend = Manifest.load(workdir), get_backend(backend_name)
+    _check_graphs(manifest)
+    verify_weights(manifest, full=True)
     cache = EngineCache(manifest, backend)
     options = options or backend.build_options(cache.root)
     cache.root.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(cache, _targets(backend, gpus), options, report)
+    with _build_lock(cache.root):
+        remove_stale(cache.root)
+        _build(manifest, cache, backend_name, _targets(backend, gpus), options, report, progress)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_graphs(manifest: Manifest) -> None:
+    """Every graph the manifest names exists (a deleted file is named with the fix, not a backend's error)."""
+    segments = [s for name in GRAPH_SETS for s in manifest.segments(name)]
+    missing = [manifest.graph_path(s) for s in segments if not manifest.graph_path(s).is_file()]
+    if missing:
+        raise ManifestError(f"{len(missing)} graph file(s) of {manifest.root} are missing: {missing[0]}"
+                            f"{' and others' if len(missing) > 1 else ''}. Note: expected every graph of the "
+                            f"manifest. Fix: export again (`trt-distri export ... -o {manifest.root} --overwrite`)")
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """One build of a cache at a time: a second waits, then reuses what the first built."""
+    with open(root / ".build.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another build of %s to finish", root)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(manifest: Manifest, cache: EngineCache, backend_name: str, targets: dict,
+           options: BackendBuildOptions, report: BuildReport, progress: Progress | None) -> None:
+    backend = cache.backend
+    jobs = plan_jobs(cache, targets, options, report)
     log.info("%s: %d engine(s) to build, %d reused from %s", backend.label, len(jobs), len(report.reused),
              cache.root)
     if any(j.device is not None for j in jobs):
@@ -148,5 +189,3 @@ def build_workdir(workdir: str | Path, backend_name: str, gpus: Sequence[int] | 
             if progress:
                 progress(done, len(jobs), job.label, seconds)
     report.built = [p.name for j in jobs for p in j.paths]
-    report.seconds = time.perf_counter() - start
-    return report

@@ -31,7 +31,8 @@ LOAD_FIELDS = ("graph", "segment", "weights", "backend", "backend_version", "gpu
 _CHUNK = 1 << 24
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks (engines and weights are GBs)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -66,7 +67,7 @@ def engine_key(manifest: Manifest, segment: Segment, backend: Backend, arch: str
               for e in getattr(segment, k)] for k in ("inputs", "outputs")}
     shapes = ",".join(f"{e.name}:{'x'.join(map(str, e.shape))}" for e in segment.inputs + segment.outputs)
     return EngineKey({
-        "graph": _sha256_file(manifest.graph_path(segment)),
+        "graph": sha256_file(manifest.graph_path(segment)),
         "segment": _sha256_json(io),
         "weights": manifest.weights.sha256,
         "backend": backend.name,
@@ -165,7 +166,7 @@ class EngineCache:
             state = "truncated" if size < meta["bytes"] else "longer than written"
             raise CorruptEngineError(f"engine {engine} is {state}: {size} bytes. Note: expected {meta['bytes']} "
                                      f"bytes (its metadata). {self.rebuild_hint()}")
-        digest = _sha256_file(engine)
+        digest = sha256_file(engine)
         if digest != meta["sha256"]:
             raise CorruptEngineError(f"engine {engine} is corrupted: its sha256 differs from its metadata. Note: "
                                      f"expected {meta['sha256'][:16]}..., got {digest[:16]}... "

@@ -65,6 +65,16 @@ def _register_arena(ort: ModuleType, device: int) -> bool:
     return _SHARED_ARENAS[device]
 
 
+def _ort_severity(ort: ModuleType) -> int:
+    """ONNX Runtime's own log level: its warnings ("Memcpy nodes are added", "No registered plugin EP device") only
+    when trt-distri logs at DEBUG (`-v`); errors always. Applies to its default logger too."""
+    import logging
+
+    level = 2 if logging.getLogger("trt_distri").isEnabledFor(logging.DEBUG) else 3  # 2 warning, 3 error
+    ort.set_default_logger_severity(level)
+    return level
+
+
 def _import(module: str, package: str) -> ModuleType:
     try:
         return importlib.import_module(module)
@@ -268,6 +278,7 @@ class OnnxRuntimeBackend(Backend):
         cuda_graph, transient, shared_weights = options.cuda_graph, options.transient, options.shared_weights
         ort = _import("onnxruntime", "onnxruntime-gpu" if device is not None else "onnxruntime")
         options = ort.SessionOptions()
+        options.log_severity_level = _ort_severity(ort)
         if weights_dir is not None:
             options.add_session_config_entry(_WEIGHTS_DIR_KEY, str(weights_dir))
         # Many sessions run one after another (a segment each), often from several rank threads: idle threads

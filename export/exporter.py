@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from trt_distri.config import TEXT_LEN, ExportRequest, GNMode, Precision
-from trt_distri.errors import ConfigError
 from trt_distri.export.graph_io import save_model, to_model, write_weights
 from trt_distri.export.partition import partition
 from trt_distri.export.plan import PatchPlan, make_plan
@@ -25,6 +24,7 @@ from trt_distri.export.step_graph import step_graph
 from trt_distri.export.unet_graph import RankGraph
 from trt_distri.manifest import (FORMAT, MANIFEST_FILE, VERSION, Manifest, Role, exchange_layout,
                                  exchange_range)
+from trt_distri.paths import check_output_dir, remove_path, remove_stale
 
 log = logging.getLogger(__name__)
 GRAPHS = "graphs"
@@ -45,8 +45,8 @@ def gn_formula(gn_mode: GNMode) -> str:
 def export_unet(request: ExportRequest, unet=None) -> Path:
     """Export `request.model` (or the given `unet`) and return the path of the written manifest."""
     out = Path(request.out_dir)
-    if out.exists() and not request.overwrite:
-        raise ConfigError(f"{out} already exists. Fix: pass --overwrite to replace it, or choose another -o")
+    check_output_dir(out, request.overwrite)
+    remove_stale(out.parent, out.name)  # what an interrupted export of `out` left
     unet = unet if unet is not None else _load_unet(request)
     plan = make_plan(unet.config, request.height, request.width, request.patch_devices)
     _warn_small_patches(request)
@@ -142,4 +142,4 @@ def replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)  # a folder, or the file that `-o FILE --overwrite` replaced

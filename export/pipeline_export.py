@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from trt_distri.config import ExportRequest, Precision
-from trt_distri.errors import ConfigError
 from trt_distri.export.encoders import export_text_encoder, export_vae_decoder
 from trt_distri.export.exporter import replace_dir, export_unet
 from trt_distri.manifest import MANIFEST_FILE, Manifest
+from trt_distri.paths import check_output_dir, remove_stale
 from trt_distri.typed_json import encode
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def export_pipeline(request: ExportRequest, pipeline=None) -> Path:
     """Export `request.model` (a pipeline folder or random:<name>), or the given diffusers `pipeline`, into
     `request.out_dir`; returns the manifest's path."""
     out = Path(request.out_dir)
-    if out.exists() and not request.overwrite:
-        raise ConfigError(f"{out} already exists. Fix: pass --overwrite to replace it, or choose another -o")
+    check_output_dir(out, request.overwrite)
+    remove_stale(out.parent, out.name)  # what an interrupted export of `out` left
     pipeline = pipeline if pipeline is not None else load_request_pipeline(request)
     tmp = out.parent / f".{out.name}.pipeline-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,9 @@ class Communicator(abc.ABC):
     def swap_with_partner(self, src: int, dst: int, nbytes: int, stream: int) -> None:
         """Send src to the partner rank and receive the partner's into dst (guidance split only)."""
 
+    def check(self) -> None:
+        """Raise RankFailedError when the group was aborted (called once per step: a rank stops between steps)."""
+
     def close(self) -> None:
         """Release resources."""
 
@@ -98,3 +101,7 @@ class LocalComm(Communicator):
         partner = (self.world_rank + self.size) % (2 * self.size)
         self.device.copy(dst, posted[partner][0], nbytes)
         self.shared.sync()
+
+    def check(self) -> None:
+        if self.shared.failure is not None:
+            raise RankFailedError(f"stopped because the group was aborted: {self.shared.failure}")

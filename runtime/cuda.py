@@ -38,6 +38,11 @@ class CudaDevice:
         self._allocs.append(ptr)
         return ptr
 
+    def free(self, ptr: int) -> None:
+        if ptr in self._allocs:
+            self._allocs.remove(ptr)
+            self._check(self.rt.cudaFree(ptr), "cudaFree")
+
     def copy(self, dst: int, src: int, nbytes: int, stream: int = 0) -> None:
         if nbytes:
             kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
@@ -67,6 +72,13 @@ class CudaDevice:
         s = self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking), "cudaStreamCreate")
         self._streams.append(s)
         return int(s)
+
+    def destroy_stream(self, stream: int) -> None:
+        for s in self._streams:
+            if int(s) == int(stream):
+                self._streams.remove(s)
+                self._check(self.rt.cudaStreamDestroy(s), "cudaStreamDestroy")
+                return
 
     def record(self, stream: int):
         event = self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
@@ -112,6 +124,8 @@ class CudaDevice:
         self._events.clear()
 
     def close(self) -> None:
+        """Free every allocation, stream and event still held (idempotent); errors are ignored: this also runs
+        after a failure."""
         self.release_events()
         for ptr in self._allocs:
             self.rt.cudaFree(ptr)
@@ -119,3 +133,6 @@ class CudaDevice:
         if self._ballast is not None:
             self.rt.cudaFree(self._ballast)
             self._ballast, self._ballast_bytes = None, 0
+        for stream in self._streams:
+            self.rt.cudaStreamDestroy(stream)
+        self._streams.clear()

@@ -9,6 +9,7 @@ the exchange is synchronous. The same rule serves both; nothing else orders the 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import statistics
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trt_distri.engines.backend import get_backend
-from trt_distri.errors import ConfigError
+from trt_distri.errors import ConfigError, InvalidArgumentError
 from trt_distri.manifest import Manifest, Segment, TensorSpec, nbytes
+from trt_distri.params import MAX_STEPS
 from trt_distri.runtime.comm import Communicator
 from trt_distri.runtime.layout import RankLayout, SegmentPlan, Slot
 from trt_distri.schedule import LinearSchedule
@@ -93,6 +95,7 @@ class RankExecutor:
         """`open_session(segment: Segment, stream: int)` loads one graph's session for this rank's device."""
         self.m, self.layout, self.dev, self.comm, self.opt = manifest, layout, device, comm, options
         self.compute, self.comm_stream = device.stream(), device.stream()
+        self._streams = (self.compute, self.comm_stream)
         self.memory = {"context": device.memory_used()}
         self.ptr = {name: device.alloc(size) for name, size in self._buffer_sizes().items()}
         for name in ("zeros", "area", "gathered", "own"):
@@ -112,6 +115,7 @@ class RankExecutor:
         store = getattr(open_session, "weights", None)  # the rank's one copy of the weights, where shared
         self.memory["weights"] = store.bytes if store is not None else None
         self._make_patcher, self._patcher = getattr(open_session, "patcher", None), None
+        self._weights = store  # owned by this rank: closed after its sessions
         self.exchanged: dict[tuple[str, int], object] = {}
         self.times = StepTimes()
         self._events: list[tuple[bool, object, object]] = []
@@ -126,6 +130,23 @@ class RankExecutor:
                                   "by runtime.sessions.session_opener. Fix: load the work directory with it")
             self._patcher = self._make_patcher(list(self.sessions.values()), self.compute)
         return self._patcher.set(adapters)
+    def close(self) -> None:
+        """Release what this rank opened: its sessions, their shared weights, buffers and streams (idempotent).
+        The device and the communicator belong to the caller."""
+        sessions, self.sessions, self._patcher = self.sessions, {}, None
+        for name in list(sessions):
+            getattr(sessions.pop(name), "close", lambda: None)()
+        weights, self._weights = getattr(self, "_weights", None), None
+        if weights is not None:
+            gc.collect()  # sessions sit in reference cycles; the weights they read go only after them
+            weights.close()
+        ptrs, self.ptr = self.ptr, {}
+        for ptr in ptrs.values():
+            self.dev.free(ptr)
+        streams, self._streams = self._streams, ()
+        self.dev.release_events()
+        for stream in streams:
+            self.dev.destroy_stream(stream)
 
     def _step_input(self, name: str) -> TensorSpec:
         return self.m.step.input(name)
@@ -136,8 +157,9 @@ class RankExecutor:
         latent = nbytes(self._step_input("latents").shape, "float32")
         sizes.update({k: latent for k in ("latents", "latents_prev", "eps_prev", "latents_next", "eps")})
         sizes["guided_noise"] = nbytes(self._step_input("noise_pred").shape, "float32")
-        sizes["coef_table"] = 6 * 4 * 1024
-        sizes["timestep_table"] = 4 * 1024
+        sizes["gathered_latents"] = self.comm.size * latent  # the group's patches, gathered once per generation
+        sizes["coef_table"] = 6 * 4 * MAX_STEPS
+        sizes["timestep_table"] = 4 * MAX_STEPS
         return sizes
 
     def address(self, slot: Slot) -> int:
@@ -166,6 +188,7 @@ class RankExecutor:
         self.times = StepTimes()
         self._upload_inputs(latents, cond, schedule)
         for i, step in enumerate(schedule.steps):
+            self.comm.check()
             sync = i <= self.opt.warmup_steps
             if i == self.opt.warmup_steps + 1:
                 self.dev.wait(self.compute, self.dev.record(self.comm_stream))  # warm-up exchanges are complete
@@ -182,14 +205,16 @@ class RankExecutor:
         return self._gather(latents.shape)
 
     def _gather(self, shape) -> np.ndarray:
-        """Every patch of the group, joined by rows: gathered once, at the end."""
-        full = self.dev.alloc(self.comm.size * self._latent_bytes)
+        """Every patch of the group, joined by rows: gathered once, at the end, into a buffer allocated once."""
+        full = self.ptr["gathered_latents"]
         self.comm.all_gather(self.ptr["latents"], full, self._latent_bytes, self.compute)
         patches = self.dev.download(full, (self.comm.size,) + tuple(shape), np.float32, self.compute)
         return np.concatenate(list(patches), axis=2)
 
     def _upload_inputs(self, latents: np.ndarray, cond: Conditioning, schedule: LinearSchedule) -> None:
         steps = schedule.steps
+        if len(steps) > MAX_STEPS:  # the tables below would overflow: trt_distri.params refuses this earlier
+            raise InvalidArgumentError(f"invalid steps. Note: expected 1..{MAX_STEPS}, got {len(steps)}")
         batch = self.layout.shapes["sample"][0][0]
         self.dev.upload(self.ptr["latents"], latents.astype(np.float32), self.compute)
         for name in ("latents_prev", "eps_prev"):

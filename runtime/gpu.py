@@ -101,7 +101,12 @@ class RankServer:
                 "gpu": self.device.index}
 
     def close(self) -> None:
+        """Release everything this rank holds: sessions, buffers and streams (the executor's), the communicator,
+        then the device's remaining memory and events (idempotent). Not after a failed collective: a peer may be
+        gone, and destroying the communicator or freeing memory would wait for it."""
+        self.executor.close()
         self.comm.close()
+        self.device.close()
 
 
 def serve_rank(spec: WorkerSpec, server_type: type[RankServer] = RankServer) -> tuple[RankServer, dict]:

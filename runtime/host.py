@@ -28,6 +28,9 @@ class HostDevice:
         self._buffers.append(buf)
         return buf.ctypes.data
 
+    def free(self, ptr: int) -> None:
+        self._buffers = [b for b in self._buffers if b.ctypes.data != ptr]
+
     def view(self, ptr: int, shape, dtype) -> np.ndarray:
         """A numpy array over `ptr` (host only): sessions read and write through it without copies."""
         dtype = np.dtype(dtype)
@@ -52,6 +55,9 @@ class HostDevice:
 
     def stream(self) -> int:
         return 0
+
+    def destroy_stream(self, stream: int) -> None:
+        return None
 
     def record(self, stream: int) -> None:
         return None

@@ -8,14 +8,18 @@ and idle workers leave when their parent is gone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +65,9 @@ class RankPool:
         self.procs = [ctx.Process(target=_serve, args=(target, s, inbox, self.results, os.getpid(), logs),
                                   daemon=True, name=f"trt-distri-rank{s.world_rank}")
                       for s, inbox in zip(specs, self.inboxes)]
-        for p in self.procs:
-            p.start()
+        with _main_module_hidden():
+            for p in self.procs:
+                p.start()
         self.ready = self._collect(timeout_s)
 
     @property
@@ -125,6 +130,22 @@ def _log_settings() -> bool | None:
     if not any(getattr(h, "_trt_distri", False) for h in logging.getLogger().handlers):
         return None
     return logging.getLogger(log_setup.PACKAGE_LOGGER).isEnabledFor(logging.DEBUG)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start spawned workers without the caller's main module. multiprocessing's spawn runs the parent's main
+    script again in every child (so that functions defined there can be unpickled), which fails with its
+    "bootstrapping phase" error in a script without an `if __name__ == "__main__":` guard, and would run the script's
+    work twice. Worker targets are functions of importable modules (this package's, or a test's), so the children
+    do not need it: while they start, `__main__` is an empty module, which spawn does not pass on."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _serve(target, spec: WorkerSpec, inbox, results, parent: int, verbose: bool | None = None) -> None:

@@ -71,7 +71,11 @@ class LocalRanks:
             ex.comm.shared = self.group
 
     def close(self) -> None:
-        self.executors = []
+        """Release every rank's sessions and buffers (idempotent)."""
+        executors, self.executors = self.executors, []
+        for ex in executors:
+            ex.close()
+            ex.dev.close()
 
 
 def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions, backend: str = DEFAULT_BACKEND,
@@ -88,7 +92,8 @@ def run_local(workdir: str | Path, inputs: GenerationInputs, options: RunOptions
 
 
 def on_every_rank(world: int, fn: Callable[[int], object], group: LocalGroup) -> list:
-    """fn(world_rank) on one thread per rank; the error that started a failure (not the ones it caused) is raised."""
+    """fn(world_rank) on one thread per rank; the error that started a failure (not the ones it caused) is raised.
+    Ctrl-C in the calling thread aborts the group and waits for every rank to stop before it propagates."""
     results: dict[int, object] = {}
     errors: dict[int, BaseException] = {}
 
@@ -102,8 +107,14 @@ def on_every_rank(world: int, fn: Callable[[int], object], group: LocalGroup) ->
     threads = [threading.Thread(target=main, args=(w,), name=f"rank{w}", daemon=True) for w in range(world)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:  # Ctrl-C: stop the ranks at their next step, and leave only once they have stopped
+        group.abort("interrupted")  # (a rank thread left inside ONNX Runtime at exit aborts the whole process)
+        for t in threads:
+            t.join()
+        raise
     if errors:
         causes = {w: e for w, e in errors.items() if not isinstance(e, RankFailedError)} or errors
         raise causes[min(causes)]

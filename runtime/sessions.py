@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from trt_distri.engines.backend import LoadOptions, get_backend, onnx_runner
 from trt_distri.engines.cache import EngineCache
+from trt_distri.engines.weights import verify_weights
 from trt_distri.errors import ManifestError
 from trt_distri.manifest import Manifest, Segment
 from trt_distri.runtime.host import HostBoundSession, HostDevice
@@ -21,6 +22,7 @@ def session_opener(manifest: Manifest, backend_name: str, device_index: int | No
     backend = get_backend(backend_name)
     caps = backend.capabilities()
     backend.check_load(LoadOptions(device_index, cuda_graph=cuda_graph))  # before any rank loads anything
+    verify_weights(manifest)
     cache = EngineCache(manifest, backend)
     built = cache.root.is_dir()
     # one copy of the weights on this device for every session of the rank (where the backend shares them)

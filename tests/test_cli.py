@@ -191,5 +191,76 @@ def test_run_passes_the_cuda_graph_choice_to_its_target(monkeypatch, tmp_path, f
 
     seen = {}
     monkeypatch.setattr(cli_run, "_run_random", lambda args, out, target: seen.setdefault("target", target) and 0)
+    monkeypatch.setattr(cli_run, "_check_arguments", lambda args: None)  # tmp_path holds no work directory
     assert main(["run", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "x.npy"), *flag]) == 0
     assert seen["target"].cuda_graph is expected
+
+
+@pytest.mark.parametrize("existing, extra, expected", [
+    ("folder", [], "already exists. Fix: pass --overwrite"),
+    ("file", ["--overwrite"], None),
+    ("under-a-file", [], "is a file, not a folder"),
+])
+def test_export_output_is_checked_before_the_model_loads(capsys, fake_exporter, tmp_path, existing, extra, expected):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "file").write_text("x")
+    out = {"folder": tmp_path / "work", "file": tmp_path / "file", "under-a-file": tmp_path / "file" / "w"}[existing]
+    code = main(["export", "-o", str(out), *extra])
+    if expected is None:
+        assert code == 0 and len(fake_exporter.requests) == 1
+        return
+    assert code == 2 and fake_exporter.requests == []  # the exporter (and its model loading) never started
+    assert expected in _err_lines(capsys)[-1]
+
+
+def test_export_over_a_file_leaves_no_old_copy(tmp_path, tiny_sd):
+    from trt_distri.export.exporter import export_unet
+
+    out = tmp_path / "w"
+    out.write_text("a file in the way")
+    export_unet(ExportRequest("random:tiny-sd", 64, 64, 1, out, cfg_split=False, precision=Precision.FP32,
+                              overwrite=True), unet=tiny_sd)
+    assert (out / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+def test_export_removes_what_an_interrupted_export_left(tmp_path, tiny_sd):
+    import subprocess
+
+    from trt_distri.export.exporter import export_unet
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    for name in (f".w.partial-{dead}", f".w.pipeline-{dead}", f".w.old-{dead}"):
+        (tmp_path / name / "graphs").mkdir(parents=True)
+    (tmp_path / ".other.partial-1").mkdir()  # not this output's: kept
+    export_unet(ExportRequest("random:tiny-sd", 64, 64, 1, tmp_path / "w", cfg_split=False,
+                              precision=Precision.FP32), unet=tiny_sd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial-1", "w"]
+
+
+def test_a_missing_export_package_names_the_extra_for_run_too(capsys, monkeypatch, tmp_path):
+    """A base install (no diffusers): `run --prompt` without a work directory must create the embedded pipeline,
+    which needs the export extra: one line naming it, not an internal error."""
+    monkeypatch.setenv("TRT_DISTRI_CACHE", str(tmp_path / "cache"))  # nothing created yet
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ModuleNotFoundError
+    assert main(["run", "--prompt", "x", "--device", "cpu", "--steps", "1", "-o", str(tmp_path / "x.png")]) == 2
+    line = _err_lines(capsys)[-1]
+    assert "run needs the package 'diffusers'" in line and "pip install -e '.[export]'" in line
+
+
+def test_build_and_run_choose_the_backend_by_one_rule(capsys, monkeypatch, tmp_path, tiny_sd):
+    """Without --backend both use TensorRT where it imports (and run is on GPUs), else ONNX Runtime, and say so."""
+    from trt_distri.engines.backend import default_backend
+    from trt_distri.export.exporter import export_unet
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert default_backend() == "trt" and default_backend("cuda") == "trt" and default_backend("cpu") == "ort"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    assert default_backend() == "ort" and default_backend("cuda") == "ort"
+    work = tmp_path / "w"
+    export_unet(ExportRequest("random:tiny-sd", 64, 64, 1, work, cfg_split=False, precision=Precision.FP32),
+                unet=tiny_sd)
+    assert main(["build", str(work)]) == 0
+    assert (work / "engines" / "ort").is_dir() and "backend ort: " in capsys.readouterr().err
+    assert main(["run", str(work), "--device", "cpu", "--steps", "1", "-o", str(tmp_path / "x.npy")]) == 0
+    assert "backend ort" in _err_lines(capsys)[-1]

@@ -29,10 +29,10 @@ import numpy as np
 from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND
 from trt_distri.errors import ClosedError, ConfigError, InvalidArgumentError, UnavailableError
 from trt_distri.manifest import Manifest
+from trt_distri.params import check_generation, check_prompt, scheduler_config
 from trt_distri.prompt import default_time_ids
 from trt_distri.runtime.executor import RunOptions
 from trt_distri.runtime.generation import Ranks, Topology
-from trt_distri.schedulers import SCHEDULERS
 
 __all__ = ["ClosedError", "Generator", "InvalidArgumentError", "Params", "Result", "UnavailableError",
            "WorkdirInfo"]
@@ -127,6 +127,7 @@ class Generator:
         equals `trt_distri.pipeline.generate_image` for the same arguments. `params`: the fields of Params
         (steps, guidance, seed, scheduler, warmup_steps, width, height, latents)."""
         p = self._params(params)
+        prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative prompt")
         if self.manifest.text_encoders is None:
             raise UnavailableError(f"no text encoders in {self.workdir}: it was exported from a UNet alone. Note: "
                                    "expected a work directory exported from a pipeline. Fix: export a pipeline folder "
@@ -219,16 +220,10 @@ class Generator:
             raise InvalidArgumentError(f"{exc}. Note: expected keywords of trt_distri.api.Params") from None
         plan = self.manifest.plan
         size = (p.width or plan.width, p.height or plan.height)
-        checks = [(size == (plan.width, plan.height), "invalid size", f"{plan.width}x{plan.height} "
-                   "(the work directory's; export again for another size)", f"{size[0]}x{size[1]}"),
-                  (1 <= p.steps <= 1000, "invalid steps", "1..1000", p.steps),
-                  (0 <= p.warmup_steps, "invalid warmup_steps", ">= 0", p.warmup_steps),
-                  (math.isfinite(p.guidance), "invalid guidance", "a finite number", p.guidance),
-                  (p.scheduler in SCHEDULERS, "unknown scheduler", " or ".join(SCHEDULERS), repr(p.scheduler)),
-                  (0 <= p.seed < 2**64, "invalid seed", "0..2**64-1", p.seed)]
-        for ok, what, expected, got in checks:
-            if not ok:
-                raise InvalidArgumentError(f"{what}. Note: expected {expected}, got {got}")
+        if size != (plan.width, plan.height):
+            raise InvalidArgumentError(f"invalid size. Note: expected {plan.width}x{plan.height} (the work "
+                                       f"directory's), got {size[0]}x{size[1]}. Fix: export again for another size")
+        check_generation(p.steps, p.guidance, p.seed, p.scheduler, p.warmup_steps, scheduler_config(self.manifest))
         if p.latents is None:
             return p
         from trt_distri.pipeline import check_latents

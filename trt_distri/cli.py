@@ -19,10 +19,11 @@ from trt_distri import __version__, log
 from trt_distri.cli_run import add_run
 from trt_distri.cli_serve import add_serve
 from trt_distri.config import DEFAULT_MODEL, RANDOM_PREFIX, ExportRequest, GNMode, Precision
-from trt_distri.engines.backend import BACKENDS
+from trt_distri.engines.backend import BACKENDS, default_backend
 from trt_distri.errors import ConfigError, MissingPackageError, TrtDistriError, UnsplittableError
 from trt_distri.hub import resolve_model
 from trt_distri.models import UNET_CONFIGS
+from trt_distri.paths import check_output_dir
 from trt_distri.runtime.launch import stop_on_sigterm
 
 PROG = "trt-distri"
@@ -105,29 +106,29 @@ def _run_export(args: argparse.Namespace) -> int:
             raise
         raise UnsplittableError(f"with --gpus {request.gpus} and --cfg-split each image is cut over "
                                 f"{request.patch_devices} GPUs: {exc}") from exc
+    check_output_dir(request.out_dir, request.overwrite)  # before the model loads (seconds)
     logger.info("exporting %s at %dx%d for %d GPU(s) (%d per image, batch %d, %s, gn %s) into %s",
                 request.model, request.height, request.width, request.gpus, request.patch_devices, request.batch,
                 request.precision.value, request.gn_mode.value, request.out_dir)
-    with _export_packages():
-        if request.exports_pipeline:
-            from trt_distri.export.pipeline_export import export_pipeline as export
-        else:
-            from trt_distri.export.exporter import export_unet as export
-        manifest = export(request)
+    if request.exports_pipeline:
+        from trt_distri.export.pipeline_export import export_pipeline as export
+    else:
+        from trt_distri.export.exporter import export_unet as export
+    manifest = export(request)
     print(manifest)
     return 0
 
 
 @contextlib.contextmanager
-def _export_packages() -> Iterator[None]:
-    """Turn a missing export dependency into an error that names the fix."""
+def _export_packages(command: str) -> Iterator[None]:
+    """Turn a missing dependency of the export extra into an error that names the fix."""
     try:
         yield
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if top not in _EXPORT_PACKAGES:
             raise
-        raise MissingPackageError(f"export needs the package {top!r}, which is not installed. "
+        raise MissingPackageError(f"{command} needs the package {top!r}, which is not installed. "
                                   f"Fix: pip install -e '.[export]'") from exc
 
 
@@ -137,9 +138,9 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
                               description="Build every segment of both graph sets into WORKDIR/engines/<backend>/, "
                                           "one process per GPU; engines already built with the same key are reused.")
     p.add_argument("workdir", type=Path, metavar="WORKDIR", help="work directory written by `trt-distri export`")
-    p.add_argument("--backend", choices=list(BACKENDS), default="trt",
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
                    help="trt (TensorRT, on GPUs), trt-rtx (TensorRT-RTX, builds without a GPU) or ort (ONNX "
-                        "Runtime graphs); default trt")
+                        "Runtime graphs); default: trt where the tensorrt package imports, else ort (as `run`)")
     p.add_argument("--gpus", type=lambda s: [int(i) for i in s.split(",")], default=None, metavar="I,J,...",
                    help="GPU indices to build on (default: every GPU nvidia-smi lists)")
     p.add_argument("--opt-level", type=int, default=None, help="TensorRT builder optimisation level (0-5)")
@@ -154,13 +155,15 @@ def _run_build(args: argparse.Namespace) -> int:
     from trt_distri.engines.backend import get_backend
     from trt_distri.engines.build import build_workdir
 
-    options = get_backend(args.backend).build_options(
-        args.workdir / "engines" / args.backend, optimization_level=args.opt_level,
+    backend = args.backend or default_backend()
+    options = get_backend(backend).build_options(
+        args.workdir / "engines" / backend, optimization_level=args.opt_level,
         workspace_bytes=None if args.workspace_mib is None else args.workspace_mib << 20, refittable=args.refittable,
         strip_weights=args.strip_weights)
-    report = build_workdir(args.workdir, args.backend, args.gpus, options, progress=_progress_line)
-    logger.info("%d engine(s) built, %d reused, in %.1f s", len(report.built), len(report.reused), report.seconds)
-    print(args.workdir / "engines" / args.backend)
+    report = build_workdir(args.workdir, backend, args.gpus, options, progress=_progress_line)
+    logger.info("backend %s: %d engine(s) built, %d reused, in %.1f s", backend, len(report.built),
+                len(report.reused), report.seconds)
+    print(args.workdir / "engines" / backend)
     return 0
 
 
@@ -194,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(verbose=args.verbose)
     stop_on_sigterm()  # a scheduler's stop unwinds like Ctrl-C: rank processes are stopped, partial files removed
     try:
-        return args.handler(args)
+        with _export_packages(args.command):
+            return args.handler(args)
     except KeyboardInterrupt:
         _fail(args, "interrupted")
         return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ are written: for work directories exported with --unet-only, and for benchmarks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND
+from trt_distri.engines.backend import BACKENDS, DEFAULT_BACKEND, default_backend
 from trt_distri.errors import ConfigError
+from trt_distri.params import check_generation, check_prompt, check_repeat, scheduler_config
+from trt_distri.paths import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=str, default=None,
                    help="N (the first N GPUs) or indices such as 0,1,2,3 (default: the first N, N = what the work "
                         "directory was exported for)")
-    p.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND)
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help=f"default: trt where the tensorrt package imports and the ranks run on GPUs, else "
+                        f"{DEFAULT_BACKEND} (as `build`); the embedded pipeline is prepared for {DEFAULT_BACKEND}")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--warmup-steps", type=int, default=4, help="synchronous steps after step 0 (default 4)")
     p.add_argument("--scheduler", choices=["ddim", "euler", "dpm++"], default="ddim")
@@ -65,18 +70,35 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     latent_out = args.output_type == "latent" or args.prompt is None
     out = args.out or Path("latents.npy" if latent_out else "image.png")
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} already exists. Fix: pass --overwrite, or choose another -o")
+    check_output_file(out, args.overwrite)
     if args.prompt is None and args.workdir is None:
         raise ConfigError("nothing to run. Note: expected a WORKDIR, --prompt, or both. Fix: trt-distri run "
                           "--prompt \"a red fox\" (the embedded tiny pipeline), or trt-distri run WORKDIR --prompt ...")
+    _check_arguments(args)
     from trt_distri.pipeline import make_target
 
-    target = make_target(args.device, args.gpus, args.backend, launcher=args.launcher, rendezvous=args.rendezvous,
-                         repeats=args.repeat, cuda_graph=args.cuda_graph)
+    target = make_target(args.device, args.gpus, args.backend or DEFAULT_BACKEND, launcher=args.launcher,
+                         rendezvous=args.rendezvous, repeats=args.repeat, cuda_graph=args.cuda_graph)
+    if args.backend is None and args.workdir is not None:  # the embedded pipeline is prepared for the default
+        target = dataclasses.replace(target, backend=default_backend(target.device))
+    args.backend = target.backend
     if args.prompt is None:
         return _run_random(args, out, target)
     return _run_prompt(args, out, target, latent_out)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The generation rules of trt_distri.params (the APIs' too), before anything is loaded."""
+    config = None
+    if args.workdir is not None:
+        from trt_distri.pipeline import load_manifest
+
+        config = scheduler_config(load_manifest(args.workdir))
+    check_generation(args.steps, args.guidance, args.seed, args.scheduler, args.warmup_steps, config)
+    check_repeat(args.repeat)
+    if args.prompt is not None:
+        args.prompt = check_prompt(args.prompt)
+        args.negative_prompt = check_prompt(args.negative_prompt, "negative prompt")
 
 
 def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -> int:
@@ -108,10 +130,11 @@ def _run_prompt(args: argparse.Namespace, out: Path, target, latent_out: bool) -
 
 
 def _run_random(args: argparse.Namespace, out: Path, target) -> int:
-    from trt_distri.pipeline import check_workdir, denoise, load_manifest
+    from trt_distri.pipeline import check_target, check_workdir, denoise, load_manifest
 
     manifest = load_manifest(args.workdir)
     check_workdir(manifest, args.workdir, args.height, args.width)
+    check_target(manifest, target)
     inputs = random_inputs(manifest, args.steps, args.scheduler, args.guidance, args.seed)
     start = time.perf_counter()
     from trt_distri.engines.lora_apply import load_adapters
@@ -144,7 +167,7 @@ def random_inputs(manifest, steps: int, scheduler: str, guidance: float, seed: i
     if inputs.find("text_embeds") is not None:
         text = rng.standard_normal((rows, *inputs.find("text_embeds").shape), np.float32)
         time_ids = default_time_ids(plan, rows)
-    schedule = make_schedule(scheduler, None, steps)
+    schedule = make_schedule(scheduler, scheduler_config(manifest), steps)
     return GenerationInputs(latents, enc[1:], enc[:1] if guided else None, schedule, guidance, text, time_ids)
 
 

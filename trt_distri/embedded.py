@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from trt_distri import __version__
+from trt_distri.paths import remove_stale
 
 log = logging.getLogger(__name__)
 EMBEDDED_MODEL = "tiny-sdxl"
@@ -59,6 +60,7 @@ def _saved_model(folder: Path) -> Path:
         return folder
     from trt_distri.pipeline_models import random_pipeline
 
+    remove_stale(folder.parent, folder.name)  # what an interrupted creation left
     tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     random_pipeline(EMBEDDED_MODEL, seed=0).save_pretrained(tmp)

@@ -24,6 +24,7 @@ import numpy as np
 from trt_distri.engines.backend import DEFAULT_BACKEND
 from trt_distri.errors import ConfigError
 from trt_distri.manifest import Manifest
+from trt_distri.params import check_generation, check_prompt, scheduler_config
 from trt_distri.prompt import PromptEmbeddings, PromptEncoder
 from trt_distri.vae_tiles import decode_tiled, to_uint8
 
@@ -138,10 +139,9 @@ def generation_inputs(manifest: Manifest, emb: PromptEmbeddings, steps: int, sch
     from trt_distri.runtime.generation import GenerationInputs
     from trt_distri.schedulers import make_schedule
 
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1. Note: got {steps}")
-    config = manifest.scheduler.config if manifest.scheduler is not None else None
-    schedule = make_schedule(scheduler, config or None, steps)
+    config = scheduler_config(manifest)
+    check_generation(steps, guidance, seed, scheduler, 0, config)
+    schedule = make_schedule(scheduler, config, steps)
     noise = initial_noise(latent_shape(manifest), seed) if latents is None else check_latents(manifest, latents)
     return GenerationInputs(noise, emb.cond, emb.uncond, schedule, guidance, emb.text_embeds, emb.time_ids)
 
@@ -179,20 +179,15 @@ def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target
 
     options = RunOptions(warmup_steps=warmup_steps, no_comm=no_comm, on_step=on_step, cuda_graph=target.cuda_graph)
     world = Topology.from_manifest(manifest).world
+    check_target(manifest, target)
     if target.device == "cpu":
         from trt_distri.runtime.local import run_local
 
-        if target.gpus is not None and len(target.gpus) != world:
-            raise ConfigError(f"the work directory is exported for {world} rank(s). Note: expected {world} "
-                              f"indices in --gpus, got {len(target.gpus)}. Fix: drop --gpus, or export again "
-                              f"with --gpus {len(target.gpus)}")
         latents, times = run_local(workdir, inputs, options, backend=target.backend, adapters=adapters)
         return latents, [{"runs": [t]} for t in times]
     if target.launcher == "env":
         from trt_distri.runtime.gpu import run_launched_rank
 
-        if target.rendezvous is None:
-            raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
         latents, report = run_launched_rank(workdir, inputs, options, target.rendezvous, target.backend,
                                             adapters=adapters)
         return latents, [report]
@@ -205,6 +200,22 @@ def denoise(workdir: Path, manifest: Manifest, inputs, warmup_steps: int, target
 
     gpus = list(target.gpus) if target.gpus else list(range(world))
     return run_gpus(workdir, inputs, options, gpus, target.backend, repeats=target.repeats, adapters=adapters)
+
+
+def check_target(manifest: Manifest, target: Target) -> None:
+    """Refuse a rank or GPU count the work directory was not exported for, before anything is loaded."""
+    from trt_distri.runtime.generation import Topology
+
+    world = Topology.from_manifest(manifest).world
+    if target.launcher == "env":
+        if target.rendezvous is None:
+            raise ConfigError("--launcher env needs --rendezvous DIR (a directory every rank can read)")
+        return
+    if target.gpus is not None and len(target.gpus) != world:
+        where = "rank(s)" if target.device == "cpu" else "GPU(s)"
+        raise ConfigError(f"the work directory is exported for {world} {where}. Note: expected {world} "
+                          f"{'indices' if target.device == 'cpu' else 'GPUs'} in --gpus, got {len(target.gpus)}. "
+                          f"Fix: pass --gpus {world} (or drop it), or export again with --gpus {len(target.gpus)}")
 
 
 class VaeDecoder:
@@ -268,10 +279,13 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
     workdir = Path(workdir)
     manifest = load_manifest(workdir)
     check_workdir(manifest, workdir, height, width, guidance)
+    check_generation(steps, guidance, seed, scheduler, warmup_steps, scheduler_config(manifest))
+    prompt, negative_prompt = check_prompt(prompt), check_prompt(negative_prompt, "negative prompt")
     target = target or make_target(device, gpus, backend)
     from trt_distri.engines.lora_apply import load_adapters
 
     adapters = load_adapters(manifest, target.backend, loras)  # before anything loads: a bad file fails fast
+    check_target(manifest, target)
     report = progress or (lambda stage, done, total: None)
     stages: dict[str, float] = {}
     start = time.perf_counter()

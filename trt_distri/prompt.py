@@ -63,13 +63,15 @@ class PromptTokenizer:
         self._fixed.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad)
 
     def __call__(self, text: str) -> np.ndarray:
-        """Token ids (1, max_length) int64; warns when `text` is cut."""
-        full = self._raw.encode(text).ids
-        if len(full) > self.max_length:
-            dropped = self._raw.decode(full[self.max_length - 1:])
-            log.warning("the prompt is %d tokens long; the text encoder takes %d, so it was truncated. Ignored: %r",
-                        len(full), self.max_length, dropped)
+        """Token ids (1, max_length) int64, cut to the encoder's length (see `overflow`)."""
         return np.asarray([self._fixed.encode(text).ids], np.int64)
+
+    def overflow(self, text: str) -> tuple[int, str]:
+        """(tokens of `text` with special tokens, the start of what is cut away: "" when it fits)."""
+        full = self._raw.encode(text).ids
+        if len(full) <= self.max_length:
+            return len(full), ""
+        return len(full), self._raw.decode(full[self.max_length - 1:self.max_length + 7])
 
 
 def _pad_token(folder: Path) -> str:
@@ -107,7 +109,18 @@ class PromptEncoder:
             pooled = out.get("pooled", pooled)
         return np.concatenate(hidden, axis=-1).astype(np.float32), pooled
 
+    def warn_if_cut(self, text: str, name: str) -> None:
+        """One short warning when `text` is longer than the first text encoder takes (as diffusers, it is cut)."""
+        tokenizer = self.parts[0][0]
+        tokens, cut = tokenizer.overflow(text)
+        if cut:
+            log.warning("the %s is %d tokens long and the text encoder takes %d: it was truncated before %r...",
+                        name, tokens, tokenizer.max_length, cut)
+
     def encode(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> PromptEmbeddings:
+        self.warn_if_cut(prompt, "prompt")
+        if guided:
+            self.warn_if_cut(negative_prompt, "negative prompt")
         cond, pooled = self._encode(prompt)
         uncond = neg_pooled = None
         if guided:

@@ -2,6 +2,7 @@
    usage: capi_checks UNET_WORKDIR CYCLES. Prints one line per check ("ok NAME" or "FAIL NAME: ..."), then
    "fds BEFORE AFTER" and "rss_kb BEFORE AFTER" around CYCLES create/generate/destroy cycles; exits 1 on a FAIL. */
 #include <dirent.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +137,14 @@ static void check_generate_errors(trt_distri_generator *gen) {
     p = quick(), p.steps = 0;
     expect("invalid_steps", trt_distri_generate_from_embeddings(gen, &e, &p, &r), TRT_DISTRI_ERROR_INVALID_ARGUMENT,
            "invalid steps");
+    p = quick(), p.guidance = NAN;
+    expect("invalid_guidance", trt_distri_generate_from_embeddings(gen, &e, &p, &r), TRT_DISTRI_ERROR_INVALID_ARGUMENT,
+           "invalid guidance");
+    p = quick();
+    expect("prompt_not_utf8", trt_distri_generate(gen, "\xff\xfe", NULL, &p, &r), TRT_DISTRI_ERROR_INVALID_ARGUMENT,
+           "not valid UTF-8");
+    expect("negative_prompt_not_utf8", trt_distri_generate(gen, "a cat", "\xc3", &p, &r),
+           TRT_DISTRI_ERROR_INVALID_ARGUMENT, "not valid UTF-8");
     p = quick(), p.scheduler = "lms";
     expect("unknown_scheduler", trt_distri_generate_from_embeddings(gen, &e, &p, &r),
            TRT_DISTRI_ERROR_INVALID_ARGUMENT, "unknown scheduler");

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -133,3 +134,48 @@ def test_cli_builds_and_reports_progress(workdir: Path, capsys: pytest.CaptureFi
 def test_cli_missing_workdir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["build", str(tmp_path / "none"), "--backend", "ort"]) == 2
     assert "manifest.json does not exist" in capsys.readouterr().err
+
+
+def test_leftovers_of_a_killed_build_are_removed(workdir: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    root = workdir / "engines" / "ort"
+    root.mkdir(parents=True)
+    stale = root / f".steady.0.cpu.onnx.{int(dead.stdout)}.partial"
+    live = root / f".timing.cache.{os.getpid()}.partial"  # this process: alive
+    stale.write_bytes(b"half"), live.write_bytes(b"being written")
+    build_workdir(workdir, "ort")
+    assert not stale.exists() and live.exists()
+
+
+def test_a_second_build_waits_for_the_first_and_reuses_its_engines(workdir: Path) -> None:
+    import fcntl
+    import threading
+
+    root = workdir / "engines" / "ort"
+    root.mkdir(parents=True)
+    reports = []
+    with open(root / ".build.lock", "a+") as held:  # a first build in progress
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: reports.append(build_workdir(workdir, "ort")))
+        waiting.start()
+        waiting.join(2.0)
+        assert waiting.is_alive() and not list(root.glob("*.onnx"))  # it waits instead of building too
+        first = _build_unlocked(workdir)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(60)
+    assert {name.split(".")[0] for name in first} == {"steady", "warmup"}
+    assert not reports[0].built and sorted(reports[0].reused) == sorted(first)
+
+
+def _build_unlocked(workdir: Path) -> list[str]:
+    """What the lock holder builds (the build function without taking the lock)."""
+    from trt_distri.engines import build
+
+    report = build.BuildReport()
+    cache = _cache(workdir)
+    options = cache.backend.build_options(cache.root)  # what build_workdir uses
+    build._build(cache.manifest, cache, "ort", build._targets(cache.backend, None), options, report, None)
+    return report.built

@@ -167,7 +167,8 @@ def test_transient_sessions_keep_out_of_the_shared_device_arena(tmp_path, monkey
         get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
         OrtMemoryInfo=lambda *a: a, OrtAllocatorType=types.SimpleNamespace(ORT_ARENA_ALLOCATOR=0),
         OrtMemType=types.SimpleNamespace(DEFAULT=0), OrtArenaCfg=dict,
-        create_and_register_allocator_v2=lambda *a: registered.append(a))
+        create_and_register_allocator_v2=lambda *a: registered.append(a),
+        set_default_logger_severity=lambda level: None)
     monkeypatch.setitem(sys.modules, "onnxruntime", fake)
     monkeypatch.setattr(ort_backend, "_SHARED_ARENAS", {})
     (tmp_path / "g.onnx").write_bytes(b"")
@@ -255,3 +256,26 @@ def test_the_cuda_graph_default_is_read_from_capabilities_not_names(monkeypatch)
     caps = SimpleNamespace(supports_cuda_graph=False)
     monkeypatch.setattr(executor, "get_backend", lambda name: SimpleNamespace(capabilities=lambda: caps))
     assert executor.uses_cuda_graph(None, "ort", reused=True) is False
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_onnx_runtime_warnings_reach_the_user_only_with_verbose(capfd, tmp_path, verbose):
+    """A graph with an unused initializer makes ONNX Runtime warn (on the C++ side, to stderr)."""
+    import logging
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              [numpy_helper.from_array(np.zeros(4, np.float32), "unused")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    package = logging.getLogger("trt_distri")
+    before = package.level
+    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        get_backend("ort").load(path, LoadOptions(None)).run_host({"x": np.ones(1, np.float32)})
+    finally:
+        package.setLevel(before)
+    assert ("unused" in capfd.readouterr().err) == verbose

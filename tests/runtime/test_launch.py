@@ -158,3 +158,15 @@ def test_rendezvous_hands_rank0_ids_to_the_others(tmp_path):
 def test_rendezvous_times_out_with_the_fix(tmp_path):
     with pytest.raises(RankFailedError, match="--rendezvous"):
         rendezvous_ids(tmp_path, 1, None, timeout_s=0.3)
+
+
+def test_rank_processes_start_from_a_script_without_a_main_guard():
+    """Spawned workers do not run the caller's main script again (multiprocessing's "bootstrapping phase" error
+    otherwise, and the script's work done once per worker)."""
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(here / "unguarded_script.py")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("script body ran") == 1 and "results [(0, 'x'), (1, 'x')]" in proc.stdout
+    assert "bootstrapping phase" not in proc.stderr
