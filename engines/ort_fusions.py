@@ -60,8 +60,8 @@ def _residual_add(g: GraphEdit, add: onnx.NodeProto) -> tuple[str, str, str, onn
 
 def skip_layer_norm(g: GraphEdit, target: str) -> int:
     count = 0
-    for ln in list(g.nodes):
-        if id(ln) in g.dead or ln.op_type != "LayerNormalization" or len(ln.output) != 1 or len(ln.input) != 3:
+    for ln in g.live("LayerNormalization"):
+        if len(ln.output) != 1 or len(ln.input) != 3:
             continue
         add = g.op(ln.input[0], "Add")
         found = _residual_add(g, add) if add is not None and g.attr(ln, "axis", -1) in (-1, 2) else None
@@ -78,9 +78,7 @@ def skip_layer_norm(g: GraphEdit, target: str) -> int:
 
 def bias_add(g: GraphEdit, target: str) -> int:
     count = 0
-    for add in list(g.nodes):
-        if id(add) in g.dead or add.op_type != "Add":
-            continue
+    for add in g.live("Add"):
         found = _residual_add(g, add)
         shape = g.shape(add.output[0])
         if found is None or shape is None or len(shape) != 3 or shape[2] not in BIAS_ADD_CHANNELS:
@@ -94,9 +92,7 @@ def bias_add(g: GraphEdit, target: str) -> int:
 
 def bias_split_gelu(g: GraphEdit, target: str) -> int:
     count = 0
-    for mul in list(g.nodes):
-        if id(mul) in g.dead or mul.op_type != "Mul":
-            continue
+    for mul in g.live("Mul"):
         for left_name, gelu_name in (mul.input, mul.input[::-1]):
             chain = _geglu(g, left_name, gelu_name, mul)
             if chain is not None:

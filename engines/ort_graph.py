@@ -45,6 +45,12 @@ class GraphEdit:
             return None
         return node
 
+    def live(self, op_type: str):
+        """The nodes of `op_type` (default domain) that are still live when the iteration reaches them."""
+        for node in list(self.nodes):
+            if id(node) not in self.dead and node.op_type == op_type and node.domain in ("", "ai.onnx"):
+                yield node
+
     def users(self, tensor: str) -> list[onnx.NodeProto]:
         """Live consumers of `tensor`, each once (Mul(x, x) reads it twice)."""
         seen = {}
