@@ -68,8 +68,6 @@ def _register_arena(ort: ModuleType, device: int) -> bool:
 def _ort_severity(ort: ModuleType) -> int:
     """ONNX Runtime's own log level: its warnings ("Memcpy nodes are added", "No registered plugin EP device") only
     when trt-distri logs at DEBUG (`-v`); errors always. Applies to its default logger too."""
-    import logging
-
     level = 2 if logging.getLogger("trt_distri").isEnabledFor(logging.DEBUG) else 3  # 2 warning, 3 error
     ort.set_default_logger_severity(level)
     return level

@@ -73,8 +73,8 @@ def engine_weights(model: Any) -> list[WeightRef]:
 
 
 class SharedWeights:
-    """The weights of `path` (weights.bin) as OrtValues on `device` (None: host memory, read in place from the
-    mapped file), each created once on first request. Thread-safe: a rank opens its sessions from several
+    """The weights of `path` (weights.bin) as OrtValues on `device` (None: host memory, a copy-on-write mapping of
+    the file, so that `write` changes this process's view and never the file), each created once on first request. Thread-safe: a rank opens its sessions from several
     threads. The owner calls `close()` after its sessions are gone."""
 
     def __init__(self, ort: Any, path: Path, device: int | None) -> None:
