@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One 2-GPU lease for issues 14 and 15: trt-distri and the reference (distrifuser) in the same lease, measured the
-# same way (device-event step medians; peak nvidia-smi memory.used per GPU).
+# One GPU lease for issues 14, 15, 16, 19 and 20: trt-distri and the reference (distrifuser) in the same lease,
+# measured the same way (device-event step medians; peak nvidia-smi memory.used per GPU).
 #   benchmarks/lease_final.sh OUT PART [PART...]
-#   PART: smoke | 2048 | ref-2048 | first-image | 3840 | ref-3840 | cap-3840 | 1024 | ref-1024
+#   PART: smoke | 2048 | ref-2048 | first-image | 3840 | ref-3840 | cap-3840 | 1024 | ref-1024   (2 GPUs)
+#       | SIZE-gN (trt-distri and PyTorch eager on N GPUs) | nhwc-SIZE-gN (trt-distri, NHWC convolutions) | ref-SIZE-gN (the reference on N GPUs, both modes
+#         when N > 1) | first-image-gN | lora-gN | serve-gN | release-gN | gpu-tests (pytest -m gpu)
 # smoke: exports SDXL at 1024 for 1 GPU and checks the ORT preparation passes and the shared weights on CUDA
 # (benchmarks/ort_fusion_check.py); a pass that fails there, or the sharing, is switched off for the later parts
 # (TRT_DISTRI_ORT_PASSES, TRT_DISTRI_SHARE_WEIGHTS, written to OUT/env.sh) instead of failing every run.
@@ -78,6 +80,22 @@ for part in "$@"; do
          '-o', '$out/cap-3840.npy']))"; echo "cap-3840 exit $?" | tee "$out/cap-3840.txt" ;;
     1024) bench 1024 bench-1024 --gpus 1 2 --split both --torch-baseline ;;
     ref-1024) reference 1024 2 split; reference 1024 2 patches ;;
+    nhwc-[0-9]*-g[0-9]) size=$(echo "$part" | cut -d- -f2)
+                        TRT_DISTRI_ORT_PREFER_NHWC=1 bench "$size" "bench-$part" --gpus "${part#*-g}" ;;
+    [0-9]*-g[0-9]) bench "${part%-g*}" "bench-$part" --gpus "${part#*-g}" --torch-baseline ;;
+    ref-[0-9]*-g1) reference "$(echo "$part" | cut -d- -f2)" 1 patches ;;
+    ref-[0-9]*-g[0-9]) size=$(echo "$part" | cut -d- -f2); reference "$size" "${part#*-g}" split
+                       reference "$size" "${part#*-g}" patches ;;
+    first-image-g[0-9]) limit 500 python benchmarks/first_image.py --size 2048 --gpus "${part#*-g}" --steps 30 \
+                          --root /tmp/fi --out "$out/first_image_2048_$part.json" ;;
+    lora-g[0-9]) limit 500 python benchmarks/lora_switch_gpu.py --size 2048 --gpus "${part#*-g}" --root /tmp/lora \
+                   --out "$out/lora_switch_$part.json" ;;
+    serve-g[0-9]) limit 550 python benchmarks/serve_gpu.py --size 2048 --gpus "${part#*-g}" --requests 10 --steps 30 \
+                    --root /tmp/serve-bench --out "$out/serve_gpu_$part.json" ;;
+    release-g[0-9]) limit 300 python benchmarks/release_check.py --gpus "${part#*-g}" --cycles 5 \
+                      --out "$out/release_check_$part.json" ;;
+    gpu-tests) limit 500 python -m pytest -q -rs -m gpu -p no:cacheprovider tests/runtime/test_interrupt.py \
+                 tests/serve/test_serve_process.py tests/engines/test_backend_contract.py 2>&1 | tee "$out/gpu_tests.txt" ;;
     *) echo "lease_final.sh: unknown part '$part'" >&2 ;;
   esac
   echo "=== $(date -Is) part $part done (rc $?)"

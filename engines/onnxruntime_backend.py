@@ -35,6 +35,7 @@ _WEIGHTS_DIR_KEY = "session.model_external_initializers_file_folder_path"
 _NO_SYNC_KEY = "disable_synchronize_execution_providers"
 CONV_ALGO_SEARCH_ENV = "TRT_DISTRI_ORT_CONV_ALGO_SEARCH"
 _CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+PREFER_NHWC_ENV = "TRT_DISTRI_ORT_PREFER_NHWC"  # "1": the CUDA provider runs convolutions in NHWC (an experiment)
 
 
 _SHARED_ARENAS: dict[int, bool] = {}
@@ -189,7 +190,9 @@ def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = Fa
                           transient: bool = False) -> dict[str, str]:
     """The CUDA provider's options: the device, the caller's stream, and CUDA-graph capture when asked (ORT
     captures after its first runs and then replays; every bound pointer must stay where it was), and the cuDNN
-    convolution algorithm search when `TRT_DISTRI_ORT_CONV_ALGO_SEARCH` is set."""
+    convolution algorithm search when `TRT_DISTRI_ORT_CONV_ALGO_SEARCH` is set; NHWC convolutions when
+    `TRT_DISTRI_ORT_PREFER_NHWC=1` (ORT then keeps transposed copies of the convolution weights per session, which
+    LoRA writes to the shared store do not reach: a measurement switch, not a default)."""
     options = {"device_id": str(device)}
     if stream is not None:
         options.update(has_user_compute_stream="1", user_compute_stream=str(int(stream)))
@@ -204,6 +207,8 @@ def cuda_provider_options(device: int, stream: int | None, cuda_graph: bool = Fa
                               f"one of {', '.join(_CONV_ALGO_SEARCH)}, got {search!r}. Fix: unset "
                               f"{CONV_ALGO_SEARCH_ENV}, or set it to one of those")
         options["cudnn_conv_algo_search"] = search.upper()
+    if os.environ.get(PREFER_NHWC_ENV) == "1":
+        options["prefer_nhwc"] = "1"
     return options
 
 

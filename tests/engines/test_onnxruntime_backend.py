@@ -279,3 +279,12 @@ def test_onnx_runtime_warnings_reach_the_user_only_with_verbose(capfd, tmp_path,
     finally:
         package.setLevel(before)
     assert ("unused" in capfd.readouterr().err) == verbose
+
+
+def test_nhwc_convolutions_come_from_the_environment(monkeypatch):
+    from trt_distri.engines.onnxruntime_backend import cuda_provider_options
+
+    monkeypatch.delenv("TRT_DISTRI_ORT_PREFER_NHWC", raising=False)
+    assert "prefer_nhwc" not in cuda_provider_options(0, None)
+    monkeypatch.setenv("TRT_DISTRI_ORT_PREFER_NHWC", "1")
+    assert cuda_provider_options(0, None)["prefer_nhwc"] == "1"

@@ -1,6 +1,7 @@
 """`trt-distri run` in a child process for the Ctrl-C tests: prints "denoising" to stderr once step 3 of world
 rank 0 is reached, so that the test interrupts during the denoising loop. `--host-ranks` runs the GPU path's rank
-processes with the host stand-ins of host_ranks.py (importable by spawned processes)."""
+processes with the host stand-ins of host_ranks.py (importable by spawned processes); `--gpu-ranks` runs real CUDA
+rank processes with the probe installed in each."""
 from __future__ import annotations
 
 import sys
@@ -26,6 +27,13 @@ def serve_probed_host_rank(spec):
     return serve_host_rank(spec)
 
 
+def serve_probed_gpu_rank(spec):
+    from trt_distri.runtime.gpu import serve_rank
+
+    probe_steps()
+    return serve_rank(spec)
+
+
 def main(argv: list[str]) -> int:
     from trt_distri.cli import main as cli
 
@@ -39,6 +47,15 @@ def main(argv: list[str]) -> int:
             serve = staticmethod(interrupt_targets.serve_probed_host_rank)
 
         gpu.GpuRankPool, gpu.NcclLibrary, argv = ProbedPool, host_ranks.FakeNccl, argv[1:]
+    elif argv[0] == "--gpu-ranks":  # real CUDA rank processes, probed in each
+        import interrupt_targets
+
+        import trt_distri.runtime.gpu as gpu
+
+        class ProbedGpuPool(gpu.GpuRankPool):
+            serve = staticmethod(interrupt_targets.serve_probed_gpu_rank)
+
+        gpu.GpuRankPool, argv = ProbedGpuPool, argv[1:]
     probe_steps()
     return cli(argv)
 

@@ -53,3 +53,25 @@ def test_ctrl_c_with_rank_processes_exits_130(tmp_path, tiny_sd):
                                 str(tmp_path / "x.npy")])
     assert code == 130, err
     assert err.strip().splitlines()[-1].startswith("trt-distri: interrupted"), err
+
+
+def _gpu_processes() -> set[int]:
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return {int(line) for line in out.split() if line.strip().isdigit()}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.multi_gpu)])
+def test_ctrl_c_with_cuda_rank_processes_exits_130_and_frees_the_gpus(tmp_path, tiny_sd, ranks):
+    work = _export(tiny_sd, "tiny-sd", tmp_path, ranks)
+    before = _gpu_processes()
+    code, err = _interrupt_run(["--gpu-ranks", "run", str(work), "--device", "cuda", "--gpus", str(ranks),
+                                "--steps", "900", "-o", str(tmp_path / "x.npy")])
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("trt-distri: interrupted"), err
+    deadline = time.monotonic() + 10
+    while (left := _gpu_processes() - before - {os.getpid()}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes still on the GPUs 10 s after the exit: {left}"
+    assert not (tmp_path / "x.npy").exists()

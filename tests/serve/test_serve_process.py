@@ -43,7 +43,7 @@ def alive(pid: int) -> bool:
 LONG_STEPS = 998
 
 
-def sigterm_while_busy(workdir: Path, device: str, steps: int) -> None:
+def sigterm_while_busy(workdir: Path, device: str, steps: int, gpus: int = 0) -> None:
     proc, url = start_serve_process(workdir, "--device", device, "--drain", "2", "--max-queue", "4", timeout_s=180)
     try:
         results: dict = {}
@@ -52,7 +52,7 @@ def sigterm_while_busy(workdir: Path, device: str, steps: int) -> None:
             wait_for(lambda: metrics(url)["counts"]["accepted"] == (1 if key == "long" else 2), f"{key} accepted")
         wait_for(lambda: metrics(url)["running"] == 1 and metrics(url)["queue_depth"] == 1, "a busy server")
         ranks = rank_processes(proc.pid)
-        assert len(ranks) == (2 if device == "cuda" else 0)  # CPU ranks are threads of serve
+        assert len(ranks) == gpus  # CPU ranks are threads of serve
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
@@ -81,11 +81,11 @@ def test_sigterm_exits_within_10_s_on_the_cpu(serve_workdir):
 
 
 @pytest.mark.gpu
-@pytest.mark.multi_gpu
-def test_sigterm_stops_the_gpu_rank_processes(tmp_path):
+@pytest.mark.parametrize("gpus", [1, pytest.param(2, marks=pytest.mark.multi_gpu)])
+def test_sigterm_stops_the_gpu_rank_processes(tmp_path, gpus):
     from trt_distri.cli import main
 
     work = tmp_path / "work"
-    assert main(["export", "random:tiny-sdxl", "--height", "128", "--width", "128", "--gpus", "2", "--no-cfg-split",
+    assert main(["export", "random:tiny-sdxl", "--height", "128", "--width", "128", "--gpus", str(gpus), "--no-cfg-split",
                  "--dtype", "fp32", "-o", str(work)]) == 0
-    sigterm_while_busy(work, "cuda", steps=LONG_STEPS)
+    sigterm_while_busy(work, "cuda", steps=LONG_STEPS, gpus=gpus)
