@@ -1,11 +1,14 @@
-"""The C API: `trt_distri.h` and libtrt_distri.so, installed in this package's folder.
+"""The C API: `trt_distri.h` (in this package's folder) and libtrt_distri.so (one per installation).
 
 The library is built by the package's own build (setup.py, `build_ext`) and embeds the Python runtime: its
-functions call `trt_distri.capi._bridge`, which calls `trt_distri.api`. `python -m trt_distri.capi --cflags
---libs` prints what a compile line needs.
+functions call `trt_distri.capi._bridge`, which calls `trt_distri.api`. Each installation has its own library, built
+for its Python: in this package's folder for a wheel, in the environment (<prefix>/lib/trt-distri/) for an editable
+install, whose package folder is the source tree that other environments may share. `python -m trt_distri.capi
+--cflags --libs` prints what a compile line needs.
 """
 from __future__ import annotations
 
+from importlib.metadata import distributions
 from pathlib import Path
 
 from trt_distri.errors import MissingPackageError
@@ -20,13 +23,16 @@ def include_dir() -> Path:
 
 
 def library_path() -> Path:
-    """libtrt_distri.so; MissingPackageError when this installation was built without it."""
-    path = Path(__file__).resolve().parent / LIBRARY_NAME
-    if not path.is_file():
-        raise MissingPackageError(f"{path} does not exist: this trt-distri was installed without its C library. "
-                                  "Note: expected it built by `pip install` (setup.py build_ext; needs a C compiler "
-                                  "and a shared libpython). Fix: pip install again without TRT_DISTRI_NO_CAPI=1")
-    return path
+    """This installation's libtrt_distri.so (the one its install recorded); MissingPackageError when it was
+    installed without it."""
+    dist = next((d for d in distributions(name="trt-distri") if d.read_text("RECORD") is not None), None)
+    for file in dist.files if dist is not None else ():  # the first installation on sys.path: the one imported
+        if file.name == LIBRARY_NAME and Path(dist.locate_file(file)).is_file():
+            return Path(dist.locate_file(file)).resolve()
+    raise MissingPackageError("this trt-distri was installed without its C library (its install lists no "
+                              f"{LIBRARY_NAME}). Note: expected it built by `pip install` (setup.py build_ext; needs "
+                              "a C compiler and a shared libpython). Fix: pip install again without "
+                              "TRT_DISTRI_NO_CAPI=1")
 
 
 def lib_dir() -> Path:

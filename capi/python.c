@@ -23,22 +23,40 @@ static char start_error[3072];
 static char python_used[1024];
 static PyObject *bridge; /* trt_distri.capi._bridge */
 
-/* TRT_DISTRI_PYTHON, else <prefix>/bin/python3 when this library sits in <prefix>/lib.../site-packages, else the
-   python that built it (an editable install). The interpreter finds its environment (venv) from that path. */
+/* The prefix of the installation this library belongs to, from where it lies: <prefix>/lib/pythonX.Y/
+   site-packages/trt_distri/capi/ (a wheel's install) or <prefix>/lib/trt-distri/ (an editable install; setup.py).
+   0 when it lies elsewhere. */
+static int install_prefix(char *buf, size_t n) {
+    Dl_info info;
+    if (!dladdr((void *)&install_prefix, &info) || info.dli_fname == NULL) return 0;
+    const char *path = info.dli_fname, *end = strstr(path, "/site-packages/trt_distri/capi/");
+    if (end != NULL) {
+        const char *lib = NULL;
+        for (const char *p = path; (p = strstr(p, "/lib")) != NULL && p < end; p++) lib = p;
+        end = lib;
+    } else {
+        end = strstr(path, "/lib/trt-distri/libtrt_distri.so");
+    }
+    if (end == NULL) return 0;
+    snprintf(buf, n, "%.*s", (int)(end - path), path);
+    return 1;
+}
+
+/* TRT_DISTRI_PYTHON, else the python of the installation this library belongs to (<prefix>/bin/pythonX.Y, the
+   version it was built for), else the python that built it. The interpreter finds its environment (venv, its
+   site-packages) from that path. */
 static void python_path(char *buf, size_t n) {
     const char *env = getenv("TRT_DISTRI_PYTHON");
     if (env != NULL && *env != '\0') {
         snprintf(buf, n, "%s", env);
         return;
     }
-    Dl_info info;
-    if (dladdr((void *)&python_path, &info) && info.dli_fname != NULL) {
-        const char *path = info.dli_fname, *site = strstr(path, "/site-packages/trt_distri/"), *lib = NULL;
-        for (const char *p = path; site != NULL && (p = strstr(p, "/lib")) != NULL && p < site; p++) lib = p;
-        if (lib != NULL) {
-            snprintf(buf, n, "%.*s/bin/python3", (int)(lib - path), path);
-            if (access(buf, X_OK) == 0) return;
-        }
+    char prefix[768];
+    if (install_prefix(prefix, sizeof(prefix))) {
+        snprintf(buf, n, "%s/bin/python%d.%d", prefix, PY_MAJOR_VERSION, PY_MINOR_VERSION);
+        if (access(buf, X_OK) == 0) return;
+        snprintf(buf, n, "%s/bin/python3", prefix);
+        if (access(buf, X_OK) == 0) return;
     }
     snprintf(buf, n, "%s", TRT_DISTRI_BUILD_PYTHON);
 }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,18 @@ def cc() -> str:
 
 @pytest.fixture(scope="session")
 def compile_c(cc, tmp_path_factory):
-    """source -> executable, built with the flags `python -m trt_distri.capi --cflags --libs` prints."""
+    """(source, python) -> executable, built with the flags `python -m trt_distri.capi --cflags --libs` prints:
+    against the installation `python` belongs to (default: this process's)."""
     from trt_distri.capi import compile_flags, link_flags
 
     out = tmp_path_factory.mktemp("bin")
 
-    def build(source: Path) -> Path:
-        exe = out / source.stem
-        cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", str(source), *compile_flags(),
-               *link_flags(), "-o", str(exe)]
+    def build(source: Path, python: Path | None = None) -> Path:
+        flags = compile_flags() + link_flags() if python is None else subprocess.run(
+            [str(python), "-m", "trt_distri.capi", "--cflags", "--libs"], check=True, capture_output=True,
+            text=True).stdout.split()
+        exe = Path(tempfile.mkdtemp(dir=out)) / source.stem
+        cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", str(source), *flags, "-o", str(exe)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         return exe
 

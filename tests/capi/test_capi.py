@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
+import venv
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,48 @@ def test_loras_through_the_c_api(compile_c, unet_workdir, tmp_path):
     proc = _run(compile_c(HERE / "capi_lora.c"), unet_workdir(), tmp_path / "lora.safetensors", check=False)
     assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
     assert "ok clear_restores_bit_for_bit" in proc.stdout
+
+
+PROBE = """import os, sys
+with open(os.environ["TRT_DISTRI_TEST_PROBE"], "w") as f:
+    f.write(sys.executable + "\\n" + sys.prefix)
+"""
+
+
+def _venv_with_trt_distri(path: Path) -> Path:
+    """A virtual environment with trt-distri installed editable from this source tree (no network: no build
+    isolation, no dependencies; this environment's packages, pip and setuptools among them, are visible to it
+    through a .pth file)."""
+    venv.create(path, with_pip=False)
+    site = path / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    shared = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    (site / "shared_packages.pth").write_text("".join(f"{p}\n" for p in shared))
+    python = path / "bin" / "python"
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
+                           "--ignore-installed", "-e", str(HERE.parent.parent)], capture_output=True, text=True,
+                          cwd=path, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return python
+
+
+def _embedded_python(exe: Path, probe: Path) -> tuple[Path, Path]:
+    """(the folder of sys.executable, sys.prefix) of the interpreter the C program starts, read by a sitecustomize;
+    the program's call must fail on the missing work directory, which shows that trt_distri imported there."""
+    probe.mkdir(exist_ok=True)
+    (probe / "sitecustomize.py").write_text(PROBE)
+    proc = _run(exe, "/nonexistent/work", probe / "out", check=False,
+                env={"PYTHONPATH": str(probe), "TRT_DISTRI_TEST_PROBE": str(probe / "seen")})
+    assert proc.returncode == 1 and "TRT_DISTRI_ERROR_WORK_DIRECTORY" in proc.stderr, proc.stderr
+    executable, prefix = (probe / "seen").read_text().splitlines()
+    return Path(executable).parent, Path(prefix)
+
+
+def test_each_installation_runs_its_own_python(compile_c, tmp_path):
+    """Installing into a second environment from the same source tree leaves the first one's C library as it
+    was (issue 16): programs linked against either run the Python of the environment they were linked from."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first_exe = compile_c(EXAMPLE, _venv_with_trt_distri(first))
+    assert _embedded_python(first_exe, tmp_path / "probe") == (first / "bin", first)
+    second_exe = compile_c(EXAMPLE, _venv_with_trt_distri(second))
+    assert _embedded_python(first_exe, tmp_path / "probe") == (first / "bin", first)
+    assert _embedded_python(second_exe, tmp_path / "probe") == (second / "bin", second)
