@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +30,13 @@ import numpy as np
 
 from trt_distri.cudart import check as cuda_check, runtime as cuda_runtime
 from trt_distri.errors import CorruptEngineError, InternalError
+from trt_distri.manifest import WeightRef
 
 SHARE_ENV = "TRT_DISTRI_SHARE_WEIGHTS"
 
 
 def sharing_enabled() -> bool:
     return os.environ.get(SHARE_ENV, "1") != "0"
-
-
-@dataclass(frozen=True)
-class WeightRef:
-    """Where an engine's external initializer lives in weights.bin."""
-
-    name: str
-    offset: int
-    length: int
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> list:
-        return [self.name, self.offset, self.length, self.dtype, list(self.shape)]
-
-    @classmethod
-    def from_json(cls, row: list) -> "WeightRef":
-        name, offset, length, dtype, shape = row
-        return cls(str(name), int(offset), int(length), str(dtype), tuple(int(d) for d in shape))
 
 
 def engine_weights(model: Any) -> list[WeightRef]:

@@ -175,6 +175,36 @@ class Conditioning:
 
 # ---- pipeline parts (work directories exported from a pipeline) ------------------------------------------------
 @dataclass(frozen=True)
+class WeightRef:
+    """Where a graph's external initializer lives in its data file (also the rows of an engine's metadata)."""
+
+    name: str
+    offset: int
+    length: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> list:
+        return [self.name, self.offset, self.length, self.dtype, list(self.shape)]
+
+    @classmethod
+    def from_json(cls, row: list) -> "WeightRef":
+        name, offset, length, dtype, shape = row
+        return cls(str(name), int(offset), int(length), str(dtype), tuple(int(d) for d in shape))
+
+
+@dataclass(frozen=True)
+class GraphWeights:
+    """A graph's external data file (relative to the work directory) and every initializer it holds; linear
+    weights are named `<module>.weight` and stored (in, out) (export/weight_names.py). `unused`: the model's linear
+    weights the graph does not read (layers past its outputs), which LoRA layers may name and change nothing."""
+
+    file: str
+    tensors: tuple[WeightRef, ...]
+    unused: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GraphIO:
     name: str
     shape: tuple[int | str, ...]  # a str names a dynamic dimension
@@ -190,6 +220,7 @@ class TextEncoder:
     inputs: tuple[GraphIO, ...]
     outputs: tuple[GraphIO, ...]
     max_length: int
+    weights: GraphWeights | None = None  # None: exported before text-encoder weights were named (no LoRA)
 
     @property
     def pooled(self) -> bool:
