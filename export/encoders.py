@@ -9,7 +9,9 @@ here:
 - VAE decoder: `latents` (1, 4, h, w) fp32, already divided by the scaling factor -> `image` (1, 3, 8h, 8w) in
   [-1, 1]; h and w are dynamic, so the same graph decodes whole latents and tiles (trt_distri.vae_tiles).
 Weights go to one external data file per graph, so no graph meets protobuf's 2 GB limit (SDXL's second encoder
-holds 2.8 GB in fp32).
+holds 2.8 GB in fp32). A text encoder's linear weights are named after their modules (export/weight_names.py) and
+its entry lists every external weight (name, offset, length, dtype, shape): LoRA adapters are applied to them in
+place at run time, without onnx (engines/lora_apply.py).
 """
 from __future__ import annotations
 
@@ -47,16 +49,23 @@ class _VaeDecoder(torch.nn.Module):
 
 
 def export_text_encoder(encoder, path: Path, sdxl: bool, pooled: bool, text_len: int = TEXT_LEN) -> dict:
-    """Write the encoder's graph to `path`; return its manifest entry (file relative to the work directory)."""
-    module = _TextEncoder(encoder.float().eval(), penultimate=sdxl, pooled=pooled)
+    """Write the encoder's graph to `path`; return its manifest entry, less the files' paths (the caller knows
+    them relative to the work directory): `weight_tensors` are the graph's external weights, `unused_weights` the
+    encoder's linear weights that the graph does not read."""
+    from trt_distri.export.weight_names import name_linear_weights
+
+    encoder = encoder.float().eval()
+    module = _TextEncoder(encoder, penultimate=sdxl, pooled=pooled)
     ids = torch.zeros(1, text_len, dtype=torch.int64)
     outputs = ["hidden", "pooled"] if pooled else ["hidden"]
-    _export(module, (ids,), path, ["input_ids"], outputs, None)
+    named, unused = _export(module, (ids,), path, ["input_ids"], outputs, None,
+                            lambda m: name_linear_weights(m, encoder))
+    log.debug("%s: %d linear weights named after their modules, %d unused", path.name, named, len(unused))
     cfg = encoder.config
     entry = {"inputs": [{"name": "input_ids", "shape": [1, text_len], "dtype": "int64"}],
              "outputs": [{"name": "hidden", "shape": [1, text_len, cfg.hidden_size], "dtype": "float32",
                           "layer": "penultimate" if sdxl else "last"}],
-             "max_length": text_len}
+             "max_length": text_len, "weight_tensors": _external_weights(path), "unused_weights": unused}
     if pooled:
         entry["outputs"].append({"name": "pooled", "shape": [1, cfg.projection_dim], "dtype": "float32"})
     return entry
@@ -82,9 +91,21 @@ def _optional(cfg, key: str):
     return None if value is None else (list(map(float, value)) if isinstance(value, (list, tuple)) else float(value))
 
 
-def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict | None) -> None:
-    """Trace into a scratch folder (the tracer writes one file per tensor above 2 GB), then save the graph with
-    every weight in one `<graph>.data` file beside it."""
+def _external_weights(path: Path) -> list:
+    """Every initializer of the graph at `path` kept in its external data file, as manifest records."""
+    import onnx
+
+    from trt_distri.engines.ort_weights import engine_weights
+    from trt_distri.typed_json import encode
+
+    return encode(engine_weights(onnx.load(str(path), load_external_data=False)))
+
+
+def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict | None,
+            edit=None):
+    """Trace into a scratch folder (the tracer writes one file per tensor above 2 GB), apply `edit` to the
+    model proto (returns what `edit` returns), then save the graph with every weight in one `<graph>.data` file
+    beside it."""
     import onnx
 
     scratch = path.parent / f".{path.stem}.trace"
@@ -96,8 +117,10 @@ def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[st
             torch.onnx.export(module, args, str(scratch / path.name), input_names=inputs, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, external_data=True)
         model = onnx.load(str(scratch / path.name), load_external_data=True)
+        result = edit(model) if edit is not None else None
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.debug("exported %s", path)
+    return result

@@ -65,7 +65,10 @@ def _write_parts(pipeline, root: Path) -> dict:
         entry = export_text_encoder(getattr(pipeline, enc_name), root / ENCODERS / f"{enc_name}.onnx", sdxl,
                                     pooled=sdxl and i == 1)
         getattr(pipeline, tok_name).save_pretrained(root / tok_name)
-        encoders.append({"name": enc_name, "file": f"{ENCODERS}/{enc_name}.onnx", "tokenizer": tok_name, **entry})
+        weights = {"file": f"{ENCODERS}/{enc_name}.onnx.data", "tensors": entry.pop("weight_tensors"),
+                   "unused": entry.pop("unused_weights")}
+        encoders.append({"name": enc_name, "file": f"{ENCODERS}/{enc_name}.onnx", "tokenizer": tok_name,
+                         "weights": weights, **entry})
     vae = export_vae_decoder(pipeline.vae, root / ENCODERS / "vae_decoder.onnx")
     sched = pipeline.scheduler
     return {
