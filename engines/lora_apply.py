@@ -11,6 +11,8 @@ it to the stored dtype and hands it to the rank's target:
 Weights a previous `set` changed and the new one does not are written back from the base; `clear` writes every
 changed weight back. The weights' names, offsets and shapes come from the engines' metadata (ONNX Runtime) or from
 the exported graphs (engines that hold their own weights).
+The text encoders (ONNX Runtime, in the process that encodes prompts) read their weights from a store of their own
+over their external data file (`TextEncoderLoras`); the manifest lists those weights, so no onnx is needed.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_distri.engines.ort_weights import WeightRef
+from trt_distri.engines.ort_weights import SHARE_ENV, WeightRef, sharing_enabled
 from trt_distri.errors import ConfigError, ManifestError
-from trt_distri.lora import Adapter
+from trt_distri.lora import Adapter, LoraTargets
 
 #: (adapter, scale) pairs: W = base + sum(scale * adapter's update)
 Adapters = Sequence[tuple[Adapter, float]]
@@ -54,14 +56,33 @@ def workdir_weight_shapes(manifest, backend_name: str) -> dict[str, tuple[int, .
     return {name: ref.shape for name, ref in (refs or graph_weights(manifest)).items()}
 
 
+def lora_targets(manifest, backend_name: str) -> LoraTargets:
+    """The weights of the work directory's UNet and text encoders that LoRA files are converted against."""
+    encoders = {e.name: None if e.weights is None else {t.name: t.shape for t in e.weights.tensors}
+                for e in manifest.text_encoders or ()}
+    unused = {e.name: frozenset(e.weights.unused) for e in manifest.text_encoders or () if e.weights is not None}
+    return LoraTargets(workdir_weight_shapes(manifest, backend_name), encoders, manifest.model.config, unused)
+
+
 def load_adapters(manifest, backend_name: str, loras: Sequence[tuple[str | Path, float]]) -> list[tuple[Adapter, float]]:
     """(path, scale) pairs -> (Adapter, scale) pairs converted for this work directory (LoraError on a bad file)."""
     from trt_distri.lora import load_adapter
 
     if not loras:
         return []
-    shapes = workdir_weight_shapes(manifest, backend_name)
-    return [(load_adapter(path, shapes), float(scale)) for path, scale in loras]
+    targets = lora_targets(manifest, backend_name)
+    adapters = [(load_adapter(path, targets), float(scale)) for path, scale in loras]
+    check_text_loras(adapters)
+    return adapters
+
+
+def check_text_loras(adapters: Adapters) -> None:
+    """Refuse text-encoder layers where the text encoders' weights cannot be written (no shared store)."""
+    touched = next((a for a, _ in adapters if any(a.text_layers.values())), None)
+    if touched is not None and not sharing_enabled():
+        raise LoraUnsupportedError(f"{touched.path} has text-encoder layers, which are written into the text "
+                                   f"encoders' shared weights, and {SHARE_ENV}=0 turns those off. Fix: unset "
+                                   f"{SHARE_ENV}")
 
 
 def graph_weights(manifest) -> dict[str, WeightRef]:
@@ -177,3 +198,23 @@ def make_patcher(manifest, backend, cache, store, sessions: Iterable, device: in
     file = np.memmap(Path(manifest.root) / manifest.weights.file, dtype=np.uint8, mode="r")
     return WeightPatcher(index, lambda ref: file[ref.offset:ref.offset + ref.length].view(ref.dtype)
                          .reshape(ref.shape), RefitTarget(refitters, stream))
+
+
+class TextEncoderLoras:
+    """The LoRA state of loaded text encoders: `stores` maps an encoder's name to (its weight refs, its shared
+    store, or None where it has none); `set` writes each encoder's layers of the adapters into its store."""
+
+    def __init__(self, stores: Mapping[str, tuple[Sequence[WeightRef], object | None]]) -> None:
+        self.patchers = {name: WeightPatcher({r.name: r for r in refs}, store.base, StoreTarget(store, None))
+                         for name, (refs, store) in stores.items() if store is not None}
+
+    def set(self, adapters: Adapters) -> None:
+        for adapter, _ in adapters:
+            for name, layers in adapter.text_layers.items():
+                if layers and name not in self.patchers:
+                    raise LoraUnsupportedError(f"{adapter.path} has layers for {name}, whose weights were not loaded "
+                                               f"into a shared store. Note: expected {SHARE_ENV} unset and a work "
+                                               "directory exported with named text-encoder weights. Fix: unset "
+                                               f"{SHARE_ENV}, or export the work directory again")
+        for name, patcher in self.patchers.items():
+            patcher.set([(adapter.part(name), scale) for adapter, scale in adapters])

@@ -106,6 +106,7 @@ class Generator:
         self._check_world(world)
         self._lock = threading.Lock()
         self.loras: list[tuple[Path, float]] = []  # the LoRA files in force (set_loras)
+        self._adapters: list = []  # and as converted (engines.lora_apply): text encoders loaded later take them
         if self.device == "cpu":
             if rank not in (None, 0):
                 raise InvalidArgumentError(f"on the CPU every rank is a thread of this process. Note: expected "
@@ -135,7 +136,12 @@ class Generator:
         with self._lock:
             self._check_open()
             start = time.perf_counter()
-            emb = self._prompt_encoder().encode(prompt, negative_prompt, self.manifest.guidance)
+            encoder = self._prompt_encoder()
+            try:
+                emb = encoder.encode(prompt, negative_prompt, self.manifest.guidance)
+            finally:
+                if encoder is not self._encoder:  # loaded for this image only (keep_parts_loaded=False)
+                    encoder.close()
             return self._generate(emb, p, start)
 
     def generate_from_embeddings(self, cond: np.ndarray, uncond: np.ndarray | None = None,
@@ -170,7 +176,7 @@ class Generator:
     def _prompt_encoder(self):
         from trt_distri.prompt import PromptEncoder
 
-        encoder = self._encoder or PromptEncoder(self.workdir, self.manifest, self._aux_device)
+        encoder = self._encoder or PromptEncoder(self.workdir, self.manifest, self._aux_device, self._adapters)
         self._encoder = encoder if self.keep_parts_loaded else None
         return encoder
 
@@ -235,9 +241,9 @@ class Generator:
 
     # ---- LoRA adapters -------------------------------------------------------------------------------------------
     def set_loras(self, loras) -> None:
-        """Apply exactly these LoRA files to the UNet of every rank, in place, until the next call: `loras` is a
-        sequence of (path, scale) pairs (docs/lora.md: formats, W = W0 + sum(scale * update)); [] restores the
-        base weights. A bad file leaves the weights as they were."""
+        """Apply exactly these LoRA files to the UNet of every rank and to the text encoders, in place, until the
+        next call: `loras` is a sequence of (path, scale) pairs (docs/lora.md: formats, W = W0 + sum(scale *
+        update)); [] restores the base weights. A bad file leaves the weights as they were."""
         from trt_distri.engines.lora_apply import load_adapters
 
         pairs = _lora_pairs(loras)
@@ -245,7 +251,9 @@ class Generator:
             self._check_open()
             adapters = load_adapters(self.manifest, self.backend, pairs)
             self._ranks.set_adapters(adapters)
-            self.loras = pairs
+            if self._encoder is not None:
+                self._encoder.set_adapters(adapters)
+            self.loras, self._adapters = pairs, adapters
 
     def clear_loras(self) -> None:
         """The base weights again, bit for bit."""
@@ -256,6 +264,8 @@ class Generator:
         """Release every session and buffer (idempotent); later calls raise ClosedError."""
         with self._lock:
             ranks, self._ranks = getattr(self, "_ranks", None), None
+            if getattr(self, "_encoder", None) is not None:
+                self._encoder.close()
             self._encoder = self._decoder = None
             if ranks is not None:
                 ranks.close()

@@ -55,8 +55,8 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
                    help="on GPUs with ONNX Runtime, replay the UNet as CUDA graphs (default: with --repeat 2 or more; "
                         "capture costs about 2 s of the first image, every later step gains)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                   help="apply a LoRA (.safetensors, diffusers/PEFT or kohya) to the UNet with this scale (default 1);"
-                        " repeatable: the updates add up (docs/lora.md)")
+                   help="apply a LoRA (.safetensors, diffusers/PEFT or kohya) to the UNet and text encoders with this "
+                        "scale (default 1); repeatable: the updates add up (docs/lora.md)")
     p.add_argument("--repeat", type=int, default=1, help="generate this many times (timings of each are reported)")
     p.add_argument("--launcher", choices=["local", "env"], default="local",
                    help="env: this process is one rank of torchrun/srun/mpirun (needs --rendezvous)")

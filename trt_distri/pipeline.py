@@ -102,11 +102,16 @@ def load_manifest(workdir: str | Path) -> Manifest:
 
 
 def encode_prompt(workdir: str | Path, prompt: str, negative_prompt: str = "", device: int | None = None,
-                  manifest: Manifest | None = None) -> PromptEmbeddings:
+                  manifest: Manifest | None = None, adapters=()) -> PromptEmbeddings:
     """The text conditioning of `prompt` (and of the negative prompt for guidance) with the work directory's
-    encoders; the pieces of GenerationInputs, so that precomputed embeddings can be used instead."""
+    encoders, with the text-encoder layers of LoRA `adapters` ((adapter, scale) pairs) applied; the pieces of
+    GenerationInputs, so that precomputed embeddings can be used instead."""
     manifest = manifest or load_manifest(workdir)
-    return PromptEncoder(Path(workdir), manifest, device).encode(prompt, negative_prompt, manifest.guidance)
+    encoder = PromptEncoder(Path(workdir), manifest, device, adapters)
+    try:
+        return encoder.encode(prompt, negative_prompt, manifest.guidance)
+    finally:
+        encoder.close()
 
 
 def latent_shape(manifest: Manifest) -> tuple[int, int, int, int]:
@@ -273,7 +278,7 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
                    loras: Sequence[tuple[str | Path, float]] = ()) -> ImageResult:
     """Generate one image for `prompt` with an exported work directory (see the module docstring); `latents`
     (1, C, h, w), as diffusers' `latents=`, replace the seeded noise; the LoRA files `loras` ((path, scale) pairs,
-    docs/lora.md) are applied to the UNet."""
+    docs/lora.md) are applied to the UNet and the text encoders."""
     if output_type not in OUTPUT_TYPES:
         raise ConfigError(f"unknown output type {output_type!r}. Note: expected one of {', '.join(OUTPUT_TYPES)}")
     workdir = Path(workdir)
@@ -292,7 +297,7 @@ def generate_image(workdir: str | Path, prompt: str, negative_prompt: str = "", 
     ranks = start_gpu_ranks(manifest, target)  # they load while this process encodes
     try:
         report("encode", 0, 1)
-        emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest)
+        emb = encode_prompt(workdir, prompt, negative_prompt, target.first_gpu, manifest, adapters)
         inputs = generation_inputs(manifest, emb, steps, scheduler, guidance, seed, latents)
         stages["encode"] = _lap(start, stages)
         report("encode", 1, 1)

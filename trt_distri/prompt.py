@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_distri.errors import ManifestError, MissingPackageError
-from trt_distri.manifest import Manifest, Plan
+from trt_distri.manifest import Manifest, Plan, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ class PromptTokenizer:
         return len(full), self._raw.decode(full[self.max_length - 1:self.max_length + 7])
 
 
+def _weight_store(backend, workdir: Path, encoder: TextEncoder, device: int | None):
+    """A shared store over the encoder's external weights (None: not listed in the manifest, or sharing off)."""
+    if encoder.weights is None:
+        return None
+    return backend.shared_weight_store(workdir / encoder.weights.file, device)
+
+
 def _pad_token(folder: Path) -> str:
     config = folder / "tokenizer_config.json"
     data = json.loads(config.read_text()) if config.is_file() else {}
@@ -82,10 +89,14 @@ def _pad_token(folder: Path) -> str:
 
 
 class PromptEncoder:
-    """The tokenizers and text-encoder sessions of a work directory (ONNX Runtime, CPU or one GPU)."""
+    """The tokenizers and text-encoder sessions of a work directory (ONNX Runtime, CPU or one GPU), with LoRA
+    `adapters` ((adapter, scale) pairs, trt_distri.lora) applied to the encoders' weights. Encoders whose weights
+    the manifest lists read them from a store of their own (engines/ort_weights.py), which `set_adapters` writes;
+    `close` frees the sessions, then the stores."""
 
-    def __init__(self, workdir: Path, manifest: Manifest, device: int | None = None) -> None:
+    def __init__(self, workdir: Path, manifest: Manifest, device: int | None = None, adapters=()) -> None:
         from trt_distri.engines.backend import LoadOptions, onnx_runner
+        from trt_distri.engines.lora_apply import TextEncoderLoras
 
         if manifest.text_encoders is None or manifest.pipeline is None:
             raise ManifestError(f"{workdir} has no text encoders: it was exported from a UNet alone. Note: expected "
@@ -93,9 +104,27 @@ class PromptEncoder:
                                 "text_encoder/, tokenizer/, vae/) or random:<name> with `trt-distri export`")
         self.manifest, self.pipeline = manifest, manifest.pipeline
         backend = onnx_runner()
+        stores = {e.name: _weight_store(backend, workdir, e, device) for e in manifest.text_encoders}
         self.parts = [(PromptTokenizer(workdir / e.tokenizer, e.max_length),
-                       backend.load(workdir / e.file, LoadOptions(device, transient=True)), e)
+                       backend.load(workdir / e.file, LoadOptions(device, transient=True, shared_weights=(
+                           None if stores[e.name] is None else (stores[e.name], e.weights.tensors)))), e)
                       for e in manifest.text_encoders]
+        self._stores = [store for store in stores.values() if store is not None]
+        self.loras = TextEncoderLoras({e.name: (e.weights.tensors if e.weights else (), stores[e.name])
+                                       for e in manifest.text_encoders})
+        if adapters:
+            self.set_adapters(adapters)
+
+    def set_adapters(self, adapters) -> None:
+        """Apply exactly the text-encoder layers of these (adapter, scale) pairs ([]: the base weights)."""
+        self.loras.set(adapters)
+
+    def close(self) -> None:
+        """Free the sessions, then the weight stores they read (idempotent)."""
+        self.parts = []
+        for store in self._stores:
+            store.close()
+        self._stores = []
 
     @property
     def sdxl(self) -> bool:
