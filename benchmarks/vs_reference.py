@@ -1,11 +1,12 @@
 """Join one lease's results into the tables issues 14 and 15 ask for (ratios only between runs of that lease):
 
-  python benchmarks/vs_reference.py LEASE_DIR --out-dir benchmarks/results
+  python benchmarks/vs_reference.py LEASE_DIR [LEASE_DIR...] --out-dir benchmarks/results
 
 LEASE_DIR holds bench-*/bench.json (benchmarks/bench.py), reference/ref-SIZE-gGPUS-MODE.json
 (benchmarks/reference/run_distrifuser.py, MODE patches or split, with peak-*.json from benchmarks/peak_memory.py
 where it was sampled) and first_image_SIZE.json (benchmarks/first_image.py). Writes vs_reference.json/.md (ratio =
-ours / theirs per 50 steps) and memory.json/.md (peak per GPU, first and steady image).
+ours / theirs per 50 steps) and memory.json/.md (peak per GPU, first and steady image): the rows of every lease
+given, each ratio within its own lease. On 1 GPU the reference is distrifuser's plain UNet with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -31,15 +32,16 @@ def speed_rows(lease: Path) -> list[dict]:
                 rows.append(_row(base["size"], 1, "torch-eager", "1 GPU", ours["projected_50_s"], theirs, device,
                                  date, command))
         for r in bench["rows"]:
-            if r["gpus"] < 2 or "projected_50_s" not in r:
+            if "projected_50_s" not in r:
                 continue
-            mode = "split" if r["split"] else "patches"
-            for ref_mode in ("patches", "split"):
+            mode = "split" if r["split"] else "patches" if r["gpus"] > 1 else "1 GPU"
+            for ref_mode in ("patches", "split") if r["gpus"] > 1 else ("patches",):
                 ref = _load(lease / "reference" / f"ref-{r['size']}-g{r['gpus']}-{ref_mode}.json")
                 if ref:
-                    rows.append(_row(r["size"], r["gpus"], "distrifuser", f"ours {mode}, theirs {ref_mode}",
+                    label = f"ours {mode}, theirs {ref_mode}" if r["gpus"] > 1 else "1 GPU"
+                    rows.append(_row(r["size"], r["gpus"], "distrifuser", label,
                                      r["projected_50_s"], ref["projected_50_s"], device, date,
-                                     f"{command}; reference: {ref_mode} (benchmarks/lease_final.sh ref-{r['size']})"))
+                                     f"{command}; reference: {ref_mode} (benchmarks/lease_final.sh ref-{r['size']}{'' if r['gpus'] > 1 else '-g1'})"))
     return rows
 
 
@@ -79,10 +81,11 @@ def _markdown(title: str, rows: list[dict], columns: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("lease", type=Path)
+    parser.add_argument("lease", type=Path, nargs="+")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    speed, memory = speed_rows(args.lease), memory_rows(args.lease)
+    speed = [row for lease in args.lease for row in speed_rows(lease)]
+    memory = [row for lease in args.lease for row in memory_rows(lease)]
     out = args.out_dir
     (out / "vs_reference.json").write_text(json.dumps(speed, indent=1) + "\n")
     (out / "vs_reference.md").write_text(_markdown(

@@ -31,3 +31,14 @@ def test_rows_compare_runs_of_the_lease(tmp_path):
     memory = vs_reference.memory_rows(tmp_path)
     two = next(r for r in memory if r["gpus"] == 2)
     assert (two["reference_peak_gib"], two["reference_measured_as"], two["ratio"]) == (12.0, "nvidia-smi", 2.5)
+
+
+def test_one_gpu_rows_compare_with_the_references_plain_unet(tmp_path):
+    lease = _lease(tmp_path)
+    (lease / "reference" / "ref-2048-g1-patches.json").write_text(json.dumps(
+        {"projected_50_s": 10.0, "ranks": [{"max_mem_gib": 8.0}]}))
+    (lease / "reference" / "peak-ref-2048-g1-patches.json").write_text(json.dumps({"peak_gib": {"0": 16.0}}))
+    one = [(r["against"], r["mode"], r["ratio"]) for r in vs_reference.speed_rows(lease) if r["gpus"] == 1]
+    assert one == [("torch-eager", "1 GPU", 0.9), ("distrifuser", "1 GPU", 0.9)]
+    memory = next(r for r in vs_reference.memory_rows(lease) if r["gpus"] == 1)
+    assert (memory["reference_peak_gib"], memory["ratio"]) == (16.0, 0.75)
