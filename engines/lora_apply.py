@@ -1,11 +1,13 @@
 """LoRA adapters applied to one rank's loaded engines in place, and taken off again bit for bit (numpy only).
 
-For every weight an adapter touches, `WeightPatcher.set` computes W = base + sum(scale_i * delta_i) in float32
-from the weight's original bytes (read from weights.bin on the host, never from what was written before), casts
-it to the stored dtype and hands it to the rank's target:
-- `StoreTarget`: the rank's shared weight store (ONNX Runtime, engines/ort_weights.py), which every session of
-  both graph sets reads in place: a host write on the CPU, a copy on the compute stream on CUDA. Called between
-  generations, so no running graph sees a half-written weight.
+For every weight an adapter touches, W = base + sum(scale_i * delta_i) is computed from the weight's original
+bytes (never from what was written before) by the rank's target:
+- a store on a GPU (ONNX Runtime's shared weights, engines/ort_weights.py): on the device, restored from a pinned
+  host copy and updated by cuBLAS GEMMs on the compute stream (engines/lora_device.py);
+- `StoreTarget`: a store on the CPU (or on a GPU where cuBLAS cannot be loaded, or TRT_DISTRI_LORA_ON_HOST=1):
+  computed in float32 on the host, cast to the stored dtype and written (a host write, or a copy to the device).
+Every session of both graph sets reads the store in place. Called between generations, so no running graph sees
+a half-written weight.
 - `RefitTarget`: refittable engines (TensorRT), each refitted with the weights it holds (`IRefitter`, through the
   session's `refitter()`, engines/trt_refit.py).
 Weights a previous `set` changed and the new one does not are written back from the base; `clear` writes every
@@ -107,10 +109,13 @@ class StoreTarget:
     def __init__(self, store, stream: int | None) -> None:
         self.store, self.stream = store, stream
 
-    def write(self, updates: Mapping[str, tuple[WeightRef, np.ndarray]], current: Callable) -> None:
-        for ref, array in updates.values():
-            self.store.write(ref, array, self.stream)
+    def apply(self, patcher: "WeightPatcher", names: Sequence[str], adapters: Adapters) -> None:
+        for name, array in patcher.values(names, adapters).items():
+            self.store.write(patcher.index[name], array, self.stream)
         self.store.flush(self.stream)
+
+    def close(self) -> None:
+        pass
 
 
 class RefitTarget:
@@ -119,16 +124,19 @@ class RefitTarget:
     def __init__(self, refitters: list, stream: int | None) -> None:
         self.refitters, self.stream = refitters, stream
 
-    def write(self, updates: Mapping[str, tuple[WeightRef, np.ndarray]], current: Callable) -> None:
+    def apply(self, patcher: "WeightPatcher", names: Sequence[str], adapters: Adapters) -> None:
         held = set().union(*(r.weight_names() for r in self.refitters)) if self.refitters else set()
-        missing = [name for name in updates if name not in held]
+        missing = [name for name in names if name not in held]
         if missing:
             raise LoraUnsupportedError(f"no loaded engine can refit the weight {missing[0]!r} ({len(missing)} of "
-                                       f"{len(updates)} weights). Note: expected engines built refittable. Fix: "
+                                       f"{len(names)} weights). Note: expected engines built refittable. Fix: "
                                        "trt-distri build WORKDIR --backend trt --refittable")
-        values = {name: array for name, (_, array) in updates.items()}
+        values = patcher.values(names, adapters)
         for refitter in self.refitters:
-            refitter.refit(values, current, self.stream)
+            refitter.refit(values, lambda n: patcher.value(n, adapters), self.stream)
+
+    def close(self) -> None:
+        pass
 
 
 class WeightPatcher:
@@ -152,9 +160,8 @@ class WeightPatcher:
                                     "load the adapter for this work directory")
         touched = {name for adapter, _ in adapters for name in adapter.layers}
         names = sorted(touched | self.changed)
-        values = self._values(names, adapters)
         self.changed |= touched  # a failed write leaves them for the next set or clear to restore
-        self.target.write({n: (self.index[n], values[n]) for n in names}, lambda n: self.value(n, adapters))
+        self.target.apply(self, names, adapters)
         self.adapters, self.changed = adapters, touched
         return {"written": len(names), "bytes": sum(self.index[n].length for n in names)}
 
@@ -173,10 +180,26 @@ class WeightPatcher:
             total += np.float32(scale) * low_rank.delta(ref.shape)
         return total.astype(ref.dtype)
 
-    def _values(self, names: Iterable[str], adapters: Adapters) -> dict[str, np.ndarray]:
+    def close(self) -> None:
+        """Free what the target holds (a cuBLAS handle); the weights stay as they are."""
+        self.target.close()
+
+    def values(self, names: Iterable[str], adapters: Adapters) -> dict[str, np.ndarray]:
+        """Each named weight's new value, computed on the host."""
         names = list(names)
         with ThreadPoolExecutor(min(_THREADS, max(1, len(names)))) as pool:  # numpy releases the GIL
             return dict(zip(names, pool.map(lambda n: self.value(n, adapters), names)))
+
+
+def store_target(store, stream: int | None):
+    """A store on a GPU is changed there (engines/lora_device.py) where cuBLAS loads; else on the host."""
+    if getattr(store, "device", None) is not None:
+        from trt_distri.engines.lora_device import device_target
+
+        target = device_target(store, stream)
+        if target is not None:
+            return target
+    return StoreTarget(store, stream)
 
 
 def make_patcher(manifest, backend, cache, store, sessions: Iterable, device: int | None,
@@ -188,7 +211,7 @@ def make_patcher(manifest, backend, cache, store, sessions: Iterable, device: in
                                    f"{backend.name}")
     index = weight_index(manifest, cache, backend.device_arch(device))
     if store is not None:
-        return WeightPatcher(index, store.base, StoreTarget(store, stream))
+        return WeightPatcher(index, store.base, store_target(store, stream))
     refitters = [s.refitter() for s in sessions if callable(getattr(s, "refitter", None))]
     if not refitters:
         raise LoraUnsupportedError(f"the {backend.name} engines of this rank neither share a weight store nor refit. "
@@ -205,7 +228,7 @@ class TextEncoderLoras:
     store, or None where it has none); `set` writes each encoder's layers of the adapters into its store."""
 
     def __init__(self, stores: Mapping[str, tuple[Sequence[WeightRef], object | None]]) -> None:
-        self.patchers = {name: WeightPatcher({r.name: r for r in refs}, store.base, StoreTarget(store, None))
+        self.patchers = {name: WeightPatcher({r.name: r for r in refs}, store.base, store_target(store, None))
                          for name, (refs, store) in stores.items() if store is not None}
 
     def set(self, adapters: Adapters) -> None:
@@ -218,3 +241,8 @@ class TextEncoderLoras:
                                                f"{SHARE_ENV}, or export the work directory again")
         for name, patcher in self.patchers.items():
             patcher.set([(adapter.part(name), scale) for adapter, scale in adapters])
+
+    def close(self) -> None:
+        for patcher in self.patchers.values():
+            patcher.close()
+        self.patchers = {}

@@ -107,6 +107,24 @@ class SharedWeights:
         if self._block is not None:
             self._block.sync(stream)
 
+    # ---- in-place updates on the device (engines/lora_device.py) ----
+    def device_pointer(self, ref: WeightRef) -> int:
+        return self._block.ptr + ref.offset
+
+    def restore(self, ref: WeightRef, stream: int | None) -> None:
+        """Enqueue a copy of the weight's original bytes over its device copy (from a pinned host copy of the file,
+        made on first use and kept until `close`)."""
+        self._block.restore(ref.offset, ref.length, stream)
+
+    def allocate(self, nbytes: int) -> int:
+        return self._block.allocate(nbytes)
+
+    def release(self, ptr: int) -> None:
+        self._block.release(ptr)
+
+    def copy_to_device(self, ptr: int, array: np.ndarray, stream: int | None) -> None:
+        self._block.copy(ptr, array, stream)
+
     def count(self) -> int:
         return len(self._values)
 
@@ -124,6 +142,7 @@ class _DeviceBlock:
 
     def __init__(self, device: int, data: np.ndarray) -> None:
         self.rt, self.ptr, self._pending = cuda_runtime("sharing ONNX Runtime weights on a GPU"), 0, []
+        self.mirror, self._data = 0, data
         self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
         self.ptr = int(self._check(self.rt.cudaMalloc(max(data.size, 256)), f"cudaMalloc({data.size} bytes)"))
         step = 1 << 28
@@ -133,10 +152,34 @@ class _DeviceBlock:
                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy weights")
 
     def upload(self, offset: int, data: np.ndarray, stream: int | None) -> None:
+        self.copy(self.ptr + offset, data, stream)
+
+    def copy(self, ptr: int, data: np.ndarray, stream: int | None) -> None:
         self._pending.append(data)  # the copy reads it until `sync`
-        self._check(self.rt.cudaMemcpyAsync(self.ptr + offset, data.ctypes.data, data.nbytes,
+        self._check(self.rt.cudaMemcpyAsync(ptr, data.ctypes.data, data.nbytes,
                                             self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream or 0),
                     "cudaMemcpyAsync into the shared weights")
+
+    def restore(self, offset: int, length: int, stream: int | None) -> None:
+        if not self.mirror:
+            self._pin(self._data)
+        self._check(self.rt.cudaMemcpyAsync(self.ptr + offset, self.mirror + offset, length,
+                                            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream or 0),
+                    "cudaMemcpyAsync of original weights")
+
+    def _pin(self, data: np.ndarray) -> None:
+        """The file in page-locked host memory: restores run at PCIe speed and never wait for the host."""
+        self.mirror = int(self._check(self.rt.cudaMallocHost(max(data.size, 256)), f"cudaMallocHost({data.size})"))
+        view = np.ctypeslib.as_array((ctypes.c_uint8 * data.size).from_address(self.mirror))
+        step = 1 << 28
+        for start in range(0, data.size, step):
+            view[start:start + step] = data[start:start + step]
+
+    def allocate(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(nbytes, 256)), f"cudaMalloc({nbytes} bytes) for LoRA factors"))
+
+    def release(self, ptr: int) -> None:
+        self.rt.cudaFree(ptr)
 
     def sync(self, stream: int | None) -> None:
         self._check(self.rt.cudaStreamSynchronize(stream or 0), "cudaStreamSynchronize after writing weights")
@@ -151,6 +194,9 @@ class _DeviceBlock:
         if self.ptr:
             self.rt.cudaFree(self.ptr)
             self.ptr = 0
+        if self.mirror:
+            self.rt.cudaFreeHost(self.mirror)
+            self.mirror = 0
 
     def __del__(self) -> None:
         self.free()

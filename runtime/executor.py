@@ -133,7 +133,9 @@ class RankExecutor:
     def close(self) -> None:
         """Release what this rank opened: its sessions, their shared weights, buffers and streams (idempotent).
         The device and the communicator belong to the caller."""
-        sessions, self.sessions, self._patcher = self.sessions, {}, None
+        sessions, patcher, self.sessions, self._patcher = self.sessions, getattr(self, "_patcher", None), {}, None
+        if patcher is not None:
+            patcher.close()
         for name in list(sessions):
             getattr(sessions.pop(name), "close", lambda: None)()
         weights, self._weights = getattr(self, "_weights", None), None

@@ -122,6 +122,7 @@ class PromptEncoder:
     def close(self) -> None:
         """Free the sessions, then the weight stores they read (idempotent)."""
         self.parts = []
+        self.loras.close()
         for store in self._stores:
             store.close()
         self._stores = []

@@ -99,11 +99,12 @@ def test_refit_sets_held_and_missing_weights_then_refits_on_the_stream(tmp_path)
                                           ("refit", 7)]
 
 
-def test_refit_target_refuses_a_weight_no_engine_holds():
+def test_refit_target_refuses_a_weight_no_engine_holds(store):
     trt = _RecordingTrt({"a.weight"}, [])
-    target = RefitTarget([EngineRefitter(trt, "e")], stream=None)
+    patcher = WeightPatcher(REFS, store.base, RefitTarget([EngineRefitter(trt, "e")], stream=None))
     with pytest.raises(LoraUnsupportedError, match="--refittable"):
-        target.write({"b.weight": (REFS["b.weight"], np.zeros((6, 4, 3, 3), np.float16))}, lambda n: None)
+        patcher.set([(_adapter(1, names=("b.weight",)), 1.0)])
+    assert not [c for c in trt.calls if c[0] == "set"]  # refused before any engine was touched
 
 
 def test_refit_patcher_clears_to_the_base(store):
