@@ -3,8 +3,10 @@
 # measured the same way (device-event step medians; peak nvidia-smi memory.used per GPU).
 #   benchmarks/lease_final.sh OUT PART [PART...]
 #   PART: smoke | 2048 | ref-2048 | first-image | 3840 | ref-3840 | cap-3840 | 1024 | ref-1024   (2 GPUs)
-#       | SIZE-gN (trt-distri and PyTorch eager on N GPUs) | nhwc-SIZE-gN (trt-distri, NHWC convolutions) | ref-SIZE-gN (the reference on N GPUs, both modes
-#         when N > 1) | first-image-gN | lora-gN | serve-gN | release-gN | gpu-tests (pytest -m gpu)
+#       | SIZE-gN (trt-distri and PyTorch eager on N GPUs) | nhwc-SIZE-gN (trt-distri, NHWC convolutions)
+#       | plainwarmup-SIZE-gN (trt-distri, warm-up segments without CUDA graphs: memory against warm-up speed)
+#       | ref-SIZE-gN (the reference on N GPUs, both modes when N > 1) | first-image-gN | lora-gN | serve-gN
+#       | release-gN | gpu-tests (pytest -m gpu)
 # smoke: exports SDXL at 1024 for 1 GPU and checks the ORT preparation passes and the shared weights on CUDA
 # (benchmarks/ort_fusion_check.py); a pass that fails there, or the sharing, is switched off for the later parts
 # (TRT_DISTRI_ORT_PASSES, TRT_DISTRI_SHARE_WEIGHTS, written to OUT/env.sh) instead of failing every run.
@@ -80,6 +82,8 @@ for part in "$@"; do
          '-o', '$out/cap-3840.npy']))"; echo "cap-3840 exit $?" | tee "$out/cap-3840.txt" ;;
     1024) bench 1024 bench-1024 --gpus 1 2 --split both --torch-baseline ;;
     ref-1024) reference 1024 2 split; reference 1024 2 patches ;;
+    plainwarmup-[0-9]*-g[0-9]) size=$(echo "$part" | cut -d- -f2)  # warm-up segments without CUDA graphs
+                               TRT_DISTRI_WARMUP_CUDA_GRAPH=0 bench "$size" "bench-$part" --gpus "${part#*-g}" ;;
     nhwc-[0-9]*-g[0-9]) size=$(echo "$part" | cut -d- -f2)
                         TRT_DISTRI_ORT_PREFER_NHWC=1 bench "$size" "bench-$part" --gpus "${part#*-g}" ;;
     [0-9]*-g[0-9]) bench "${part%-g*}" "bench-$part" --gpus "${part#*-g}" --torch-baseline ;;

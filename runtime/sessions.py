@@ -7,12 +7,27 @@ the rank's LoRA patcher (`open_session.patcher(sessions, stream)`), which writes
 """
 from __future__ import annotations
 
+import os
+
 from trt_distri.engines.backend import LoadOptions, get_backend, onnx_runner
 from trt_distri.engines.cache import EngineCache
 from trt_distri.engines.weights import verify_weights
 from trt_distri.errors import ManifestError
 from trt_distri.manifest import Manifest, Segment
 from trt_distri.runtime.host import HostBoundSession, HostDevice
+
+
+WARMUP_CUDA_GRAPH_ENV = "TRT_DISTRI_WARMUP_CUDA_GRAPH"
+
+
+def graph_replayed(manifest: Manifest, segment: Segment, cuda_graph: bool) -> bool:
+    """Whether `segment` replays a CUDA graph: every UNet segment when `cuda_graph`, except the warm-up set's own
+    segments under TRT_DISTRI_WARMUP_CUDA_GRAPH=0 (a measurement switch: each captured graph keeps its activations
+    out of the shared arena, and the warm-up set has most of the segments; plain warm-up steps cost launches)."""
+    if not cuda_graph or os.environ.get(WARMUP_CUDA_GRAPH_ENV, "1") != "0" or "warmup" not in manifest.graph_sets:
+        return cuda_graph
+    steady = {s.name for s in manifest.graph_sets.get("steady", ())}
+    return not (segment.name not in steady and segment in manifest.graph_sets["warmup"])
 
 
 def session_opener(manifest: Manifest, backend_name: str, device_index: int | None, host: HostDevice | None = None,
@@ -31,7 +46,7 @@ def session_opener(manifest: Manifest, backend_name: str, device_index: int | No
 
     def open_session(segment: Segment, stream: int):
         options = LoadOptions(device_index, stream if device_index is not None else None)
-        unet = LoadOptions(options.device, options.stream, cuda_graph=cuda_graph)
+        unet = LoadOptions(options.device, options.stream, cuda_graph=graph_replayed(manifest, segment, cuda_graph))
         if segment.name == manifest.step.name:
             session = _raw(runner, manifest, segment, options)
         elif built:

@@ -1,0 +1,21 @@
+"""runtime/sessions.py: which segments replay CUDA graphs."""
+from __future__ import annotations
+
+import types
+
+from trt_distri.runtime.sessions import graph_replayed
+
+
+def _manifest():
+    seg = lambda name: types.SimpleNamespace(name=name)  # noqa: E731
+    shared, warm, steady = seg("shared.000"), seg("warmup.000"), seg("steady.000")
+    return types.SimpleNamespace(graph_sets={"warmup": (shared, warm), "steady": (shared, steady)}), warm, steady, shared
+
+
+def test_warmup_segments_replay_graphs_unless_switched_off(monkeypatch):
+    manifest, warm, steady, shared = _manifest()
+    monkeypatch.delenv("TRT_DISTRI_WARMUP_CUDA_GRAPH", raising=False)
+    assert all(graph_replayed(manifest, s, True) for s in (warm, steady, shared))
+    assert not any(graph_replayed(manifest, s, False) for s in (warm, steady, shared))
+    monkeypatch.setenv("TRT_DISTRI_WARMUP_CUDA_GRAPH", "0")
+    assert [graph_replayed(manifest, s, True) for s in (warm, steady, shared)] == [False, True, True]
