@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -98,16 +99,25 @@ def plan_jobs(cache: EngineCache, targets: dict[str, list[int | None]], options:
     return jobs
 
 
-def run_job(workdir: Path, backend_name: str, options: BackendBuildOptions, job: BuildJob) -> float:
+def run_job(cache: EngineCache, options: BackendBuildOptions, job: BuildJob) -> float:
     """Build one job and write its engine to each of its paths; return the seconds it took."""
     start = time.perf_counter()
-    cache = EngineCache(Manifest.load(workdir), get_backend(backend_name))
     data, io = cache.backend.build(cache.manifest.graph_path(job.segment), options, job.key.fields["gpu_arch"])
     check_io_against_manifest(io, job.segment)
     weights = cache.backend.engine_weights(data)
     for path in job.paths:
         cache.write(path, data, job.key, io, job.segment, stripped=options.strips_weights, weights=weights)
     return time.perf_counter() - start
+
+
+@functools.cache
+def _worker_cache(workdir: Path, backend_name: str) -> EngineCache:
+    """A GPU worker's cache: the manifest is read once per worker process (its pool lives for one build)."""
+    return EngineCache(Manifest.load(workdir), get_backend(backend_name))
+
+
+def _run_job_in_worker(workdir: Path, backend_name: str, options: BackendBuildOptions, job: BuildJob) -> float:
+    return run_job(_worker_cache(workdir, backend_name), options, job)
 
 
 def _pin_gpu(device: int) -> None:
@@ -123,7 +133,7 @@ def _run_on_gpus(workdir: Path, backend_name: str, options: BackendBuildOptions,
              for d in sorted({j.device for j in jobs})}
     try:
         futures: list[tuple[BuildJob, Future]] = [
-            (j, pools[j.device].submit(run_job, workdir, backend_name, options, j)) for j in jobs]
+            (j, pools[j.device].submit(_run_job_in_worker, workdir, backend_name, options, j)) for j in jobs]
         for done, (job, future) in enumerate(futures, 1):
             seconds = future.result()
             if progress:
@@ -185,7 +195,7 @@ def _build(manifest: Manifest, cache: EngineCache, backend_name: str, targets: d
         _run_on_gpus(manifest.root, backend_name, options, jobs, progress)
     else:
         for done, job in enumerate(jobs, 1):
-            seconds = run_job(manifest.root, backend_name, options, job)
+            seconds = run_job(cache, options, job)  # the manifest read once, not per job
             if progress:
                 progress(done, len(jobs), job.label, seconds)
     report.built = [p.name for j in jobs for p in j.paths]
