@@ -81,14 +81,14 @@ def _cpu_run_gpus(workdir, inputs, options, gpus, repeats=1, variants=None, time
 
 def test_bench_end_to_end_on_cpu(bench, tmp_path, monkeypatch):
     """Exporter processes, every configuration with and without CUDA graphs, the synchronous check and the merge,
-    with a tiny model on CPU."""
+    with a tiny model on CPU. Two steps (one synchronous warm-up step, one asynchronous step) are all that the
+    checks need: the sync variant against 1 GPU, the asynchronous run's PSNR."""
     monkeypatch.setattr(bench, "run_gpus", _cpu_run_gpus)
     monkeypatch.setenv("NCCL_MAX_CTAS", "4")  # settings that change speed are recorded with the results
     out = tmp_path / "part"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-sdxl", "--sizes", "64", "--gpus", "1", "2",
-                                      "--split", "both", "--steps", "4", "--warmup", "1", "--cuda-graph", "both",
-                                      "--root",
-                                      str(tmp_path / "work"), "--out-dir", str(out)])
+                                      "--split", "both", "--steps", "2", "--warmup", "1", "--cuda-graph", "both",
+                                      "--root", str(tmp_path / "work"), "--out-dir", str(out)])
     bench.main()
     result = json.loads((out / "bench.json").read_text())
     assert result["env"]["NCCL_MAX_CTAS"] == "4" and "NCCL_MAX_CTAS=4." in (out / "bench.md").read_text()
@@ -121,7 +121,8 @@ def test_a_graph_row_is_compared_with_the_plain_one_gpu_run(bench):
 
 
 def test_a_failing_configuration_is_recorded_and_the_rest_still_run(bench, tmp_path, monkeypatch):
-    """As on 4 x H200: CUDA-graph capture failed on 2 GPUs; the row says so and the next configurations run."""
+    """As on 4 x H200: CUDA-graph capture failed on 2 GPUs; the row says so and the next configurations run.
+    One exporter process (the test above runs the default two) and two steps: the failure handling needs no more."""
     from trt_distri.runtime.comm import RankFailedError
 
     def flaky(workdir, inputs, options, gpus, repeats=1, variants=None, timeout_s=0):
@@ -133,8 +134,8 @@ def test_a_failing_configuration_is_recorded_and_the_rest_still_run(bench, tmp_p
     monkeypatch.setattr(bench, "run_gpus", flaky)
     out = tmp_path / "part"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-sdxl", "--sizes", "64", "--gpus", "1", "2",
-                                      "--split", "both", "--steps", "3", "--warmup", "1", "--cuda-graph", "both",
-                                      "--root", str(tmp_path / "work"), "--out-dir", str(out)])
+                                      "--split", "both", "--steps", "2", "--warmup", "1", "--cuda-graph", "both",
+                                      "--exporters", "1", "--root", str(tmp_path / "work"), "--out-dir", str(out)])
     bench.main()
     rows = {(r["gpus"], r["split"], r["cuda_graph"]): r for r in json.loads((out / "bench.json").read_text())["rows"]}
     assert len(rows) == 6
