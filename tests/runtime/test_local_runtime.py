@@ -30,6 +30,12 @@ def _export(unet, model, tmp_path, gpus, mode=GNMode.CORRECTED_ASYNC, split=Fals
     return req.out_dir
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tiny_sd, tmp_path_factory):
+    """tiny-sd on 2 patch ranks (corrected-async, no split), exported once for the tests that only read it."""
+    return _export(tiny_sd, "tiny-sd", tmp_path_factory.mktemp("two_ranks"), 2)
+
+
 def _inputs(unet, model, height=128, scheduler="dpm++"):
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(1, 4, height // 8, 16, generator=g)
@@ -60,33 +66,31 @@ def test_runtime_equals_simulator_exactly(request, tmp_path, model, n, mode):
     assert all(t["first_step_ms"] is None for t in times)  # the host device does not time steps
 
 
-def test_guidance_split_gives_the_unsplit_result(tiny_sd, tmp_path):
+def test_guidance_split_gives_the_unsplit_result(tiny_sd, two_ranks, tmp_path):
     schedule, _, gen = _inputs(tiny_sd, "tiny-sd")
     split, _ = run_local(_export(tiny_sd, "tiny-sd", tmp_path, 4, split=True), gen, RunOptions(warmup_steps=WARMUP))
-    joint, _ = run_local(_export(tiny_sd, "tiny-sd", tmp_path, 2), gen, RunOptions(warmup_steps=WARMUP))
+    joint, _ = run_local(two_ranks, gen, RunOptions(warmup_steps=WARMUP))
     assert np.abs(split - joint).max() <= 1e-5 * np.abs(joint).max()
 
 
-def test_no_comm_skips_the_exchange(tiny_sd, tmp_path):
-    workdir = _export(tiny_sd, "tiny-sd", tmp_path, 2)
+def test_no_comm_skips_the_exchange(tiny_sd, two_ranks):
     _, _, gen = _inputs(tiny_sd, "tiny-sd")
-    normal, _ = run_local(workdir, gen, RunOptions(warmup_steps=WARMUP))
-    skipped, _ = run_local(workdir, gen, RunOptions(warmup_steps=WARMUP, no_comm=True))
+    normal, _ = run_local(two_ranks, gen, RunOptions(warmup_steps=WARMUP))
+    skipped, _ = run_local(two_ranks, gen, RunOptions(warmup_steps=WARMUP, no_comm=True))
     assert np.isfinite(skipped).all() and not np.array_equal(normal, skipped)
 
 
-def test_a_rank_outside_the_plan_is_refused(tiny_sd, tmp_path):
+def test_a_rank_outside_the_plan_is_refused(two_ranks):
     from trt_distri.manifest import Manifest
     from trt_distri.runtime.layout import RankLayout
 
-    data = Manifest.load(_export(tiny_sd, "tiny-sd", tmp_path, 2))
+    data = Manifest.load(two_ranks)
     assert RankLayout.from_manifest(data, 1).rank == 1
     with pytest.raises(TrtDistriError, match=r"patch rank 2 does not exist.*expected a rank in 0\.\.1, got 2"):
         RankLayout.from_manifest(data, 2)
 
 
-def test_a_failing_rank_stops_every_rank_quickly(tiny_sd, tmp_path, monkeypatch):
-    workdir = _export(tiny_sd, "tiny-sd", tmp_path, 2)
+def test_a_failing_rank_stops_every_rank_quickly(tiny_sd, two_ranks, monkeypatch):
     _, _, gen = _inputs(tiny_sd, "tiny-sd")
     from trt_distri.runtime import executor
 
@@ -100,7 +104,7 @@ def test_a_failing_rank_stops_every_rank_quickly(tiny_sd, tmp_path, monkeypatch)
     monkeypatch.setattr(executor.RankExecutor, "_scheduler_step", dies_at_step_2)
     start = time.monotonic()
     with pytest.raises(TrtDistriError, match="simulated"):
-        run_local(workdir, gen, RunOptions(warmup_steps=WARMUP), timeout_s=30)
+        run_local(two_ranks, gen, RunOptions(warmup_steps=WARMUP), timeout_s=30)
     assert time.monotonic() - start < 20  # the other rank stopped at its next exchange, not at the timeout
 
 
