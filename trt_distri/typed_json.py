@@ -36,17 +36,13 @@ def decode(cls: type[T], value: Any, where: str = "", **extra: Any) -> T:
     """`cls` (a dataclass) from the JSON value `value`; `extra` fills fields kept out of the JSON."""
     if not isinstance(value, dict):
         raise FieldError(where, f"an object ({cls.__name__})", value)
-    hints = _hints(cls)
     kwargs = dict(extra)
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("json", True):
-            continue
-        key = f.metadata.get("key", f.name)
+    for name, key, hint, required in _fields(cls):
         inner = f"{where}.{key}" if where else key
         if key in value:
-            kwargs[f.name] = _value(hints[f.name], value[key], inner)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise FieldError(inner, _describe(hints[f.name]), _MISSING)
+            kwargs[name] = _value(hint, value[key], inner)
+        elif required:
+            raise FieldError(inner, _describe(hint), _MISSING)
     return cls(**kwargs)
 
 
@@ -65,11 +61,17 @@ def encode(record: Any) -> Any:
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _fields(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
+    """(name, JSON key, annotation, required) of each field of `cls` that is in the JSON."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, f.metadata.get("key", f.name), hints[f.name],
+                  f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                 for f in dataclasses.fields(cls) if f.metadata.get("json", True))
 
 
 def _value(hint: Any, value: Any, where: str) -> Any:
+    if hint in _SCALARS:  # most values of a manifest: skip the generic-alias inspection below
+        return _scalar(hint, value, where)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return _union(hint, args, value, where)
@@ -105,10 +107,15 @@ def _tuple(hint: Any, args: tuple, value: Any, where: str) -> tuple:
     if not isinstance(value, list):
         raise FieldError(where, _describe(hint), value)
     if len(args) == 2 and args[1] is Ellipsis:
+        if args[0] in (int, str) and all(type(v) is args[0] for v in value):  # shapes, names: all fit, none to name
+            return tuple(value)
         return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
         raise FieldError(where, _describe(hint), value)
     return tuple(_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+
+
+_SCALARS = frozenset((bool, int, float, str))
 
 
 def _scalar(hint: Any, value: Any, where: str) -> Any:
