@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import torch
 
 from trt_distri.config import ExportRequest, GNMode, Precision
@@ -31,29 +30,3 @@ def unet_inputs(unet, model: str, height: int, width: int, batch: int, seed: int
         added = {"text_embeds": torch.randn(batch, TEXT_EMBEDS_DIM[model], generator=g),
                  "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * batch, dtype=torch.float32)}
     return sample, torch.tensor([500.0]), enc, added
-
-
-def graph_structure(path: Path) -> bytes:
-    """The ONNX graph at `path` with its tensors numbered in order of appearance, node names and doc strings
-    cleared and external weights' file locations dropped (their types and shapes kept; inline constants kept):
-    equal for two graphs that differ only in names and weight values, which a builder builds the same way."""
-    model = onnx.load(str(path), load_external_data=False)
-    graph, names = model.graph, {"": ""}
-
-    def number(name: str) -> str:
-        return names.setdefault(name, str(len(names)))
-
-    for value in graph.input:
-        value.name, value.doc_string = number(value.name), ""
-    for tensor in graph.initializer:
-        tensor.name, tensor.doc_string = number(tensor.name), ""
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            del tensor.external_data[:]
-    for node in graph.node:
-        node.name, node.doc_string = "", ""
-        node.input[:] = [number(n) for n in node.input]
-        node.output[:] = [number(n) for n in node.output]
-    for value in (*graph.output, *graph.value_info):
-        value.name, value.doc_string = number(value.name), ""
-    graph.name, graph.doc_string, model.doc_string = "", "", ""
-    return model.SerializeToString(deterministic=True)

@@ -15,7 +15,7 @@ from oracles.simulate import Simulator
 from trt_distri.export.unet_check import check_call
 from trt_distri.models import random_unet
 
-from export_helpers import export_tiny, graph_structure
+from export_helpers import export_tiny
 
 GRAPH_CASES = [("tiny-sdxl", 2, GNMode.CORRECTED_ASYNC, Precision.FP16),
                ("tiny-sd", 3, GNMode.SYNC, Precision.FP16),
@@ -48,43 +48,14 @@ def test_every_graph_passes_checker_and_loads_in_onnxruntime(workdir):
 
 @pytest.mark.rtx
 def test_every_graph_parses_and_builds_with_tensorrt_rtx(workdir):
-    """Every graph parses; one graph of each structure builds, its I/O checked against the manifest. Graphs of one
-    structure (graph_structure: the same nodes, attributes, constants, types and shapes; other tensor names and
-    weight values, as the repeated blocks of a level have) take the same path through the builder, so building
-    each would test it again: the others are parsed and their manifest types and shapes compared with it."""
-    manifest = Manifest.load(workdir)
-    _build_each_structure(manifest, _segments(manifest))
-
-
-def _build_each_structure(manifest: Manifest, segments: list) -> None:
     from trt_distri.engines.io_check import check_io_against_manifest
     from trt_distri.engines.trt import BuildOptions, build_engine_with_io
 
-    built: dict[bytes, object] = {}
-    for seg in segments:
-        structure = graph_structure(manifest.graph_path(seg))
-        if structure in built:
-            _parse_with_tensorrt_rtx(manifest.graph_path(seg))
-            assert _io_types(seg) == _io_types(built[structure]), seg.name
-            continue
+    manifest = Manifest.load(workdir)
+    for seg in _segments(manifest):
         engine, io = build_engine_with_io(manifest.graph_path(seg), "trt-rtx", BuildOptions())
         assert len(engine) > 0
         check_io_against_manifest(io, seg)
-        built[structure] = seg
-
-
-def _parse_with_tensorrt_rtx(path) -> None:
-    from trt_distri.engines.trt import import_trt, make_logger
-
-    trt = import_trt("trt-rtx")
-    logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    assert trt.OnnxParser(network, logger).parse_from_file(str(path)), logger.errors
-
-
-def _io_types(seg) -> list:
-    return [(t.shape, t.dtype) for t in (*seg.inputs, *seg.outputs)]
 
 
 def test_weights_are_external_and_stored_once(workdir):
@@ -181,13 +152,14 @@ def test_small_patches_are_warned_about(caplog, gpus, size, warned):
 @pytest.mark.slow
 def test_fp16_sdxl_shape_with_small_heads_builds_every_graph(tiny_sdxl, tmp_path, caplog):
     """Head dim 8 (tiny-sdxl's channels with twice its heads) has no fused fp16 attention kernel in TensorRT-RTX
-    1.7: every graph with an attention still builds (one per structure, as above), its attentions decomposed with a
-    warning, and its I/O is the manifest's. The graphs without one are byte for byte those of tiny-sdxl exported
-    the same way (checked here), which test_every_graph_parses_and_builds_with_tensorrt_rtx[tiny-sdxl-n2-corrected-
-    async-fp16] builds."""
+    1.7: every graph with an attention still builds, its attentions decomposed with a warning, and its I/O is the
+    manifest's. The graphs without one are byte for byte those of tiny-sdxl exported the same way (checked here),
+    which test_every_graph_parses_and_builds_with_tensorrt_rtx[tiny-sdxl-n2-corrected-async-fp16] builds."""
     import torch
     from diffusers import UNet2DConditionModel
 
+    from trt_distri.engines.io_check import check_io_against_manifest
+    from trt_distri.engines.trt import BuildOptions, build_engine_with_io
     from trt_distri.models import UNET_CONFIGS
 
     torch.manual_seed(0)
@@ -204,5 +176,8 @@ def test_fp16_sdxl_shape_with_small_heads_builds_every_graph(tiny_sdxl, tmp_path
         if seg not in with_attention:
             assert manifest.graph_path(seg).read_bytes() == plain.graph_path(same).read_bytes(), seg.name
     with caplog.at_level("WARNING", logger="trt_distri.engines.trt"):
-        _build_each_structure(manifest, with_attention)
+        for seg in with_attention:
+            engine, io = build_engine_with_io(manifest.graph_path(seg), "trt-rtx", BuildOptions())
+            assert len(engine) > 0
+            check_io_against_manifest(io, seg)
     assert "head dim 8, HALF" in caplog.text
