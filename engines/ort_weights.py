@@ -21,6 +21,7 @@ comes from the caller.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from pathlib import Path
@@ -161,15 +162,26 @@ class _DeviceBlock:
                     "cudaMemcpyAsync into the shared weights")
 
     def restore(self, offset: int, length: int, stream: int | None) -> None:
-        if not self.mirror:
+        if self.mirror == 0:
             self._pin(self._data)
+        if self.mirror < 0:  # no page-locked copy: from the file's mapping (the driver stages it)
+            self.copy(self.ptr + offset, self._data[offset:offset + length], stream)
+            return
         self._check(self.rt.cudaMemcpyAsync(self.ptr + offset, self.mirror + offset, length,
                                             self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream or 0),
                     "cudaMemcpyAsync of original weights")
 
     def _pin(self, data: np.ndarray) -> None:
-        """The file in page-locked host memory: restores run at PCIe speed and never wait for the host."""
-        self.mirror = int(self._check(self.rt.cudaMallocHost(max(data.size, 256)), f"cudaMallocHost({data.size})"))
+        """The file in page-locked host memory: restores run at PCIe speed and never wait for the host. Where the
+        host cannot lock that much memory, restores read the file's mapping instead (slower; a warning says so)."""
+        status, ptr = self.rt.cudaMallocHost(max(data.size, 256))
+        if int(status) != 0:
+            logging.getLogger(__name__).warning(
+                "no page-locked host copy of the weights (%d bytes: %s); LoRA switches restore weights from the "
+                "file's mapping, more slowly", data.size, status)
+            self.mirror = -1
+            return
+        self.mirror = int(ptr)
         view = np.ctypeslib.as_array((ctypes.c_uint8 * data.size).from_address(self.mirror))
         step = 1 << 28
         for start in range(0, data.size, step):
@@ -194,9 +206,9 @@ class _DeviceBlock:
         if self.ptr:
             self.rt.cudaFree(self.ptr)
             self.ptr = 0
-        if self.mirror:
+        if self.mirror > 0:
             self.rt.cudaFreeHost(self.mirror)
-            self.mirror = 0
+        self.mirror = 0
 
     def __del__(self) -> None:
         self.free()

@@ -2,6 +2,9 @@
 column-major semantics over a numpy buffer) against the host path, and on a GPU with cuBLAS itself."""
 from __future__ import annotations
 
+import ctypes
+import types
+
 import numpy as np
 import pytest
 
@@ -149,3 +152,63 @@ def test_cublas_updates_a_cuda_store_like_the_host_path(tmp_path, file):
         device.close()
     finally:
         store.close()
+
+
+class _HostCudart:
+    """The cuda-python runtime calls the shared store's device block makes, over host memory (pointers are real
+    host addresses); `pin_fails` makes cudaMallocHost fail as a host without that much lockable memory would."""
+
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1)
+
+    def __init__(self, pin_fails: bool) -> None:
+        self.pin_fails, self.buffers, self.pinned = pin_fails, [], 0
+
+    def _alloc(self, nbytes: int) -> int:
+        self.buffers.append(np.zeros(nbytes, np.uint8))
+        return self.buffers[-1].ctypes.data
+
+    def cudaSetDevice(self, device):
+        return (0,)
+
+    def cudaMalloc(self, nbytes):
+        return 0, self._alloc(nbytes)
+
+    def cudaMallocHost(self, nbytes):
+        if self.pin_fails:
+            return 2, None  # cudaErrorMemoryAllocation
+        self.pinned += 1
+        return 0, self._alloc(nbytes)
+
+    def cudaMemcpy(self, dst, src, nbytes, kind):
+        ctypes.memmove(dst, src, nbytes)
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        return self.cudaMemcpy(dst, src, nbytes, kind)
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaFree(self, ptr):
+        return (0,)
+
+    def cudaFreeHost(self, ptr):
+        return (0,)
+
+
+@pytest.mark.parametrize("pin_fails", [False, True])
+def test_restore_reads_a_pinned_copy_or_else_the_file(monkeypatch, file, pin_fails):
+    from trt_distri.engines import ort_weights
+
+    rt = _HostCudart(pin_fails)
+    monkeypatch.setattr(ort_weights, "cuda_runtime", lambda purpose: rt)
+    block = ort_weights._DeviceBlock(0, file)
+    device = np.ctypeslib.as_array((ctypes.c_uint8 * file.size).from_address(block.ptr))
+    assert device.tobytes() == file.tobytes()
+    device[:] = 7  # what an update wrote
+    block.restore(256, 432, None)
+    block.sync(None)
+    assert device[256:688].tobytes() == file[256:688].tobytes() and (device[:256] == 7).all()
+    assert (rt.pinned, block.mirror == -1) == ((0, True) if pin_fails else (1, False))
+    block.free()
+    assert block.mirror == 0 and block.ptr == 0
