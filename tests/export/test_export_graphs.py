@@ -48,13 +48,14 @@ def test_every_graph_passes_checker_and_loads_in_onnxruntime(workdir):
 
 @pytest.mark.rtx
 def test_every_graph_parses_and_builds_with_tensorrt_rtx(workdir):
+    from rtx_builds import build_all
+
     from trt_distri.engines.io_check import check_io_against_manifest
-    from trt_distri.engines.trt import BuildOptions, build_engine_with_io
 
     manifest = Manifest.load(workdir)
-    for seg in _segments(manifest):
-        engine, io = build_engine_with_io(manifest.graph_path(seg), "trt-rtx", BuildOptions())
-        assert len(engine) > 0
+    segments = _segments(manifest)
+    for seg, (engine_bytes, io) in zip(segments, build_all([manifest.graph_path(s) for s in segments]), strict=True):
+        assert engine_bytes > 0
         check_io_against_manifest(io, seg)
 
 
