@@ -18,10 +18,8 @@ the host path through `HostBlas`, a numpy stand-in with cuBLAS's semantics over 
 from __future__ import annotations
 
 import ctypes
-import glob
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,6 +28,7 @@ import numpy as np
 from trt_distri.errors import CudaError, MissingPackageError
 from trt_distri.lora import LowRank
 from trt_distri.manifest import WeightRef
+from trt_distri.native import load_first, wheel_libraries
 
 CUBLAS_ENV = "TRT_DISTRI_CUBLAS_LIBRARY"
 OP_N, OP_T = 0, 1
@@ -60,13 +59,6 @@ def gemm_plan(shape: Sequence[int], rank: int) -> Gemm:
         return Gemm(OP_T, OP_T, out, inp, rank, True, rank, inp, out)
     out, rest = shape[0], int(np.prod(shape[1:]))  # W (out, rest) row-major = (rest x out) column-major
     return Gemm(OP_N, OP_N, rest, out, rank, False, rest, rank, rest)
-
-
-def factors(low_rank: LowRank, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(up (out, r), down (r, rest)), C-contiguous in the weight's dtype."""
-    up = np.ascontiguousarray(np.asarray(low_rank.up).reshape(low_rank.up.shape[0], low_rank.rank), dtype=dtype)
-    down = np.ascontiguousarray(np.asarray(low_rank.down).reshape(low_rank.rank, -1), dtype=dtype)
-    return up, down
 
 
 class DeviceStoreTarget:
@@ -106,7 +98,7 @@ class _Staging:
         size = 0
         for ref, parts in work:
             for i, (low_rank, _) in enumerate(parts):
-                up, down = factors(low_rank, ref.dtype)
+                up, down = low_rank.matrices(ref.dtype)  # in the weight's dtype
                 self.offsets[(ref.name, i)] = (size, size + _aligned(up.nbytes))
                 self.host += [(size, up), (size + _aligned(up.nbytes), down)]
                 size += _aligned(up.nbytes) + _aligned(down.nbytes)
@@ -165,8 +157,8 @@ class HostBlas:
 def _candidates() -> list[str]:
     found = [os.environ[CUBLAS_ENV]] if os.environ.get(CUBLAS_ENV) else []
     found += ["libcublas.so.13", "libcublas.so.12"]  # the one ONNX Runtime's CUDA provider already loaded, if any
-    for root in sys.path:  # the nvidia-cublas wheels: nvidia/cu13/lib (CUDA 13), nvidia/cublas/lib (CUDA 12)
-        found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libcublas.so.*")), reverse=True)
+    # the nvidia-cublas wheels: nvidia/cu13/lib (CUDA 13), nvidia/cublas/lib (CUDA 12)
+    found += wheel_libraries(os.path.join("*", "lib", "libcublas.so.*"), newest_first=True)
     return found + ["libcublas.so"]
 
 
@@ -175,16 +167,7 @@ class Cublas:
     the current device) and destroyed by `close`."""
 
     def __init__(self) -> None:
-        errors = []
-        for path in _candidates():
-            try:
-                self.lib = ctypes.CDLL(path)
-                break
-            except OSError as exc:
-                errors.append(f"{path}: {exc}")
-        else:
-            raise MissingPackageError("libcublas could not be loaded. Note: tried " + "; ".join(errors[-3:]) +
-                                      f". Fix: pip install nvidia-cublas (or set {CUBLAS_ENV})")
+        self.lib, _ = load_first(_candidates(), "libcublas", f"pip install nvidia-cublas (or set {CUBLAS_ENV})")
         p, i, v = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
         self.lib.cublasCreate_v2.argtypes = [ctypes.POINTER(p)]
         self.lib.cublasSetStream_v2.argtypes = [p, p]

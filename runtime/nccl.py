@@ -7,11 +7,10 @@ explicit stream, so communication runs on the runtime's own communication stream
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
-import sys
 
-from trt_distri.errors import MissingPackageError, TrtDistriError
+from trt_distri.errors import TrtDistriError
+from trt_distri.native import load_first, wheel_libraries
 from trt_distri.runtime.comm import Communicator, RankFailedError
 from trt_distri.runtime.layout import peer_slot
 
@@ -29,8 +28,8 @@ class UniqueId(ctypes.Structure):
 
 def _candidates() -> list[str]:
     found = [os.environ["TRT_DISTRI_NCCL_LIBRARY"]] if os.environ.get("TRT_DISTRI_NCCL_LIBRARY") else []
-    for root in sys.path:  # the nvidia-nccl-cu12/cu13 wheels (PyTorch's, nccl4py's)
-        found += sorted(glob.glob(os.path.join(root, "nvidia", "nccl*", "lib", "libnccl.so*")))
+    # the nvidia-nccl-cu12/cu13 wheels (PyTorch's, nccl4py's)
+    found += wheel_libraries(os.path.join("nccl*", "lib", "libnccl.so*"))
     return found + ["libnccl.so.2", "libnccl.so"]
 
 
@@ -51,17 +50,8 @@ class NcclLibrary:
     }
 
     def __init__(self) -> None:
-        errors = []
-        for path in _candidates():
-            try:
-                self.lib = ctypes.CDLL(path)
-                self.path = path
-                break
-            except OSError as exc:
-                errors.append(f"{path}: {exc}")
-        else:
-            raise MissingPackageError("libnccl could not be loaded. Note: tried " + "; ".join(errors[-3:]) +
-                                      ". Fix: pip install nvidia-nccl-cu13 (or set TRT_DISTRI_NCCL_LIBRARY)")
+        self.lib, self.path = load_first(_candidates(), "libnccl",
+                                         "pip install nvidia-nccl-cu13 (or set TRT_DISTRI_NCCL_LIBRARY)")
         for name, args in self._SIGNATURES.items():
             fn = getattr(self.lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int

@@ -76,10 +76,15 @@ class LowRank:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
+    def matrices(self, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+        """(up (out, r), down (r, in*kh*kw)) as C-contiguous matrices of `dtype`."""
+        up = np.ascontiguousarray(np.asarray(self.up).reshape(self.up.shape[0], self.rank), dtype=dtype)
+        down = np.ascontiguousarray(np.asarray(self.down).reshape(self.rank, -1), dtype=dtype)
+        return up, down
+
     def delta(self, shape: tuple[int, ...]) -> np.ndarray:
         """The update (float32) in the stored layout of a weight of `shape`: (in, out) linear, (out, in, kh, kw)."""
-        up = np.asarray(self.up, np.float32).reshape(self.up.shape[0], self.rank)
-        down = np.asarray(self.down, np.float32).reshape(self.rank, -1)
+        up, down = self.matrices()
         if len(shape) == 2:
             return (down.T * np.float32(self.scale)) @ up.T
         return ((up * np.float32(self.scale)) @ down).reshape(shape)
