@@ -20,14 +20,15 @@ from trt_distri.runtime.host import HostBoundSession, HostDevice
 WARMUP_CUDA_GRAPH_ENV = "TRT_DISTRI_WARMUP_CUDA_GRAPH"
 
 
-def graph_replayed(manifest: Manifest, segment: Segment, cuda_graph: bool) -> bool:
-    """Whether `segment` replays a CUDA graph: every UNet segment when `cuda_graph`, except the warm-up set's own
-    segments under TRT_DISTRI_WARMUP_CUDA_GRAPH=0 (a measurement switch: each captured graph keeps its activations
-    out of the shared arena, and the warm-up set has most of the segments; plain warm-up steps cost launches)."""
-    if not cuda_graph or os.environ.get(WARMUP_CUDA_GRAPH_ENV, "1") != "0" or "warmup" not in manifest.graph_sets:
-        return cuda_graph
-    steady = {s.name for s in manifest.graph_sets.get("steady", ())}
-    return not (segment.name not in steady and segment in manifest.graph_sets["warmup"])
+def replayed_segments(manifest: Manifest, cuda_graph: bool) -> set[str]:
+    """The UNet segments that replay a CUDA graph: all of them when `cuda_graph`, but under
+    TRT_DISTRI_WARMUP_CUDA_GRAPH=0 only those of the steady set (a measurement switch: each captured graph keeps
+    its activations out of the shared arena, and the warm-up set has most of the segments; plain warm-up steps
+    cost launches)."""
+    if not cuda_graph:
+        return set()
+    sets = ("steady",) if os.environ.get(WARMUP_CUDA_GRAPH_ENV, "1") == "0" else tuple(manifest.graph_sets)
+    return {s.name for name in sets for s in manifest.graph_sets.get(name, ())}
 
 
 def session_opener(manifest: Manifest, backend_name: str, device_index: int | None, host: HostDevice | None = None,
@@ -43,10 +44,11 @@ def session_opener(manifest: Manifest, backend_name: str, device_index: int | No
     # one copy of the weights on this device for every session of the rank (where the backend shares them)
     weights = backend.shared_weight_store(manifest.root / manifest.weights.file, device_index) if built else None
     runner = backend if caps.runs_onnx else onnx_runner()
+    replayed = replayed_segments(manifest, cuda_graph)
 
     def open_session(segment: Segment, stream: int):
         options = LoadOptions(device_index, stream if device_index is not None else None)
-        unet = LoadOptions(options.device, options.stream, cuda_graph=graph_replayed(manifest, segment, cuda_graph))
+        unet = LoadOptions(options.device, options.stream, cuda_graph=segment.name in replayed)
         if segment.name == manifest.step.name:
             session = _raw(runner, manifest, segment, options)
         elif built:

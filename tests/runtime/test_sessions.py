@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import types
 
-from trt_distri.runtime.sessions import graph_replayed
+from trt_distri.runtime.sessions import replayed_segments
 
 
 def _manifest():
@@ -15,7 +15,7 @@ def _manifest():
 def test_warmup_segments_replay_graphs_unless_switched_off(monkeypatch):
     manifest, warm, steady, shared = _manifest()
     monkeypatch.delenv("TRT_DISTRI_WARMUP_CUDA_GRAPH", raising=False)
-    assert all(graph_replayed(manifest, s, True) for s in (warm, steady, shared))
-    assert not any(graph_replayed(manifest, s, False) for s in (warm, steady, shared))
+    assert all(s.name in replayed_segments(manifest, True) for s in (warm, steady, shared))
+    assert not replayed_segments(manifest, False)
     monkeypatch.setenv("TRT_DISTRI_WARMUP_CUDA_GRAPH", "0")
-    assert [graph_replayed(manifest, s, True) for s in (warm, steady, shared)] == [False, True, True]
+    assert [s.name in replayed_segments(manifest, True) for s in (warm, steady, shared)] == [False, True, True]
