@@ -57,9 +57,8 @@ class SgmNames:
             self.blocks[f"up_blocks.{level}.upsamplers.0"] = f"output_blocks.{n - 1}.{2 if has_attention else 1}"
 
     def __call__(self, module: str) -> str | None:
-        for top, sgm in _TOP.items():
-            if module == top:
-                return sgm
+        if module in _TOP:
+            return _TOP[module]
         if module.startswith("mid_block."):
             head, _, rest = module[len("mid_block."):].partition(".")
             inner, _, rest = rest.partition(".")
